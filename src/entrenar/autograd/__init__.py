@@ -1,0 +1,1 @@
+"""Autograd: the tape (grad mode, backward), the op registry and gradient checking."""

@@ -1,0 +1,180 @@
+"""The tape: grad mode, graph nodes, and the reverse-topological backward pass.
+
+A tensor made by an op while grad mode is on and some input requires grad carries a `Node`: the op,
+its input tensors and the residuals its forward saved. `backward` walks those nodes once each, in
+reverse topological order, summing the gradients of tensors used more than once.
+
+This module knows nothing of `Tensor` beyond the attributes it reads (`data`, `grad`, `_rg`, `_node`,
+`_retains_grad`), so that `tensor.py` can build on it without an import cycle.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from entrenar.autograd.registry import OpDef
+    from entrenar.tensor import Tensor
+
+__all__ = ["Node", "backward", "enable_grad", "is_grad_enabled", "no_grad", "set_grad_enabled"]
+
+
+class _GradMode(threading.local):
+    enabled: bool = True
+
+
+_MODE = _GradMode()
+
+
+def is_grad_enabled() -> bool:
+    """Whether ops record onto the tape in this thread."""
+    return _MODE.enabled
+
+
+@contextmanager
+def set_grad_enabled(mode: bool) -> Iterator[None]:
+    """Context manager that sets grad mode for this thread and restores it on exit."""
+    prev = _MODE.enabled
+    _MODE.enabled = bool(mode)
+    try:
+        yield
+    finally:
+        _MODE.enabled = prev
+
+
+def no_grad() -> Any:
+    """Context manager under which no op records onto the tape (as `torch.no_grad`)."""
+    return set_grad_enabled(False)
+
+
+def enable_grad() -> Any:
+    """Context manager that turns recording back on inside a `no_grad` block."""
+    return set_grad_enabled(True)
+
+
+class Node:
+    """One recorded op application: the op, its inputs (Tensor or None) and the saved residuals."""
+
+    __slots__ = ("freed", "inputs", "op", "saved")
+
+    def __init__(self, op: OpDef, inputs: tuple[Any, ...], saved: Any) -> None:
+        self.op = op
+        self.inputs = inputs
+        self.saved = saved
+        self.freed = False
+
+
+def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Sum a broadcast gradient back down to `shape` (the one place broadcasting is undone)."""
+    extra = grad.ndim - len(shape)
+    if extra > 0:
+        grad = grad.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    if axes:
+        grad = grad.sum(axis=axes, keepdims=True)
+    return grad
+
+
+def _topological(root: Tensor) -> list[Tensor]:
+    """Non-leaf tensors reachable from root, each before every tensor that it was computed from."""
+    order: list[Tensor] = []
+    visited: set[int] = set()
+    stack: list[tuple[Tensor, bool]] = [(root, False)]
+    while stack:
+        t, done = stack.pop()
+        if done:
+            order.append(t)
+            continue
+        if id(t) in visited:
+            continue
+        visited.add(id(t))
+        node = t._node
+        if node is None:
+            continue
+        if node.freed:
+            raise RuntimeError(
+                f"Trying to backward through the graph a second time (through '{node.op.name}'): its "
+                "saved values were freed by the first backward. Pass retain_graph=True to the first "
+                "backward() if you need to backward through the graph again."
+            )
+        stack.append((t, True))
+        for inp in node.inputs:
+            if inp is not None and inp._node is not None and id(inp) not in visited:
+                stack.append((inp, False))
+    order.reverse()
+    return order
+
+
+def _fit(op: OpDef, index: int, g: Any, inp: Tensor) -> np.ndarray:
+    """Check one input gradient against its input; undo broadcasting for ops that broadcast."""
+    if not isinstance(g, np.ndarray):
+        g = np.asarray(g)
+    if g.shape != inp.data.shape:
+        if op.broadcasts:
+            fitted = unbroadcast(g, inp.data.shape)
+            if fitted.shape == inp.data.shape:
+                g = fitted
+        if g.shape != inp.data.shape:
+            raise RuntimeError(
+                f"backward of '{op.name}' returned a gradient of shape {g.shape} for input {index}, "
+                f"whose shape is {inp.data.shape}"
+            )
+    if g.dtype != inp.data.dtype:
+        g = g.astype(inp.data.dtype)
+    return g
+
+
+def backward(root: Tensor, grad: np.ndarray, retain_graph: bool = False) -> None:
+    """Propagate `grad` (shaped like root) from root to every leaf that requires grad."""
+    handed: set[int] = {id(grad)}  # arrays already owned elsewhere: a leaf must copy them
+
+    def give_leaf(leaf: Tensor, g: np.ndarray) -> None:
+        if leaf.grad is None:
+            if g.base is not None or id(g) in handed or not g.flags.writeable:
+                g = g.copy()
+            handed.add(id(g))
+            leaf.grad = g
+        else:
+            # A new array, never in place: the old one may be shared with the caller.
+            leaf.grad = leaf.grad + g
+
+    if root._node is None:
+        give_leaf(root, grad)
+        return
+    order = _topological(root)
+    grads: dict[int, np.ndarray] = {id(root): grad}
+    for t in order:
+        g = grads.pop(id(t), None)
+        node = t._node
+        assert node is not None
+        if g is not None:
+            if t._retains_grad:
+                give_leaf(t, g)
+            if node.op.needs_mask:
+                needs = tuple(inp is not None and inp._rg for inp in node.inputs)
+                in_grads = node.op.backward(g, node.saved, needs)
+            else:
+                in_grads = node.op.backward(g, node.saved)
+            if len(in_grads) != len(node.inputs):
+                raise RuntimeError(
+                    f"backward of '{node.op.name}' returned {len(in_grads)} gradients for "
+                    f"{len(node.inputs)} inputs"
+                )
+            for i, (inp, gi) in enumerate(zip(node.inputs, in_grads, strict=True)):
+                if gi is None or inp is None or not inp._rg:
+                    continue
+                gi = _fit(node.op, i, gi, inp)
+                if inp._node is None:
+                    give_leaf(inp, gi)
+                else:
+                    key = id(inp)
+                    prev = grads.get(key)
+                    grads[key] = gi if prev is None else prev + gi
+        if not retain_graph:
+            node.saved = None
+            node.freed = True

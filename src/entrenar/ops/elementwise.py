@@ -1,0 +1,533 @@
+"""Elementwise ops: arithmetic, activations, clamp/where/maximum/minimum, comparisons.
+
+Each primitive's forward and backward sit side by side; binary ops broadcast as NumPy (and
+PyTorch) do and leave the reduction of broadcast gradients to the tape.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy import special
+
+from entrenar.autograd.registry import Arg, case, defop, public
+from entrenar.tensor import Tensor, TensorLike
+
+__all__ = [
+    "abs",
+    "add",
+    "clamp",
+    "div",
+    "exp",
+    "gelu",
+    "leaky_relu",
+    "log",
+    "maximum",
+    "minimum",
+    "mul",
+    "neg",
+    "pow",
+    "relu",
+    "rsqrt",
+    "sigmoid",
+    "silu",
+    "softplus",
+    "sqrt",
+    "sub",
+    "tanh",
+    "where",
+]
+
+A = Arg
+POS = {"low": 0.5, "high": 2.0}
+
+
+def _pos(*shape: int) -> Arg:
+    return Arg(shape, **POS)
+
+
+# ----------------------------------------------------------------------------------- arithmetic
+@defop("add", broadcasts=True)
+class _Add:
+    def forward(a: np.ndarray, b: np.ndarray) -> Any:
+        return a + b, None
+
+    def backward(g: np.ndarray, _: None) -> Any:
+        return g, g
+
+
+@defop("sub", broadcasts=True)
+class _Sub:
+    def forward(a: np.ndarray, b: np.ndarray) -> Any:
+        return a - b, None
+
+    def backward(g: np.ndarray, _: None) -> Any:
+        return g, -g
+
+
+@defop("mul", broadcasts=True, needs_mask=True)
+class _Mul:
+    def forward(a: np.ndarray, b: np.ndarray) -> Any:
+        return a * b, (a, b)
+
+    def backward(g: np.ndarray, saved: Any, needs: tuple[bool, ...]) -> Any:
+        a, b = saved
+        return (g * b if needs[0] else None), (g * a if needs[1] else None)
+
+
+@defop("div", broadcasts=True, needs_mask=True)
+class _Div:
+    def forward(a: np.ndarray, b: np.ndarray) -> Any:
+        out = a / b
+        return out, (b, out)
+
+    def backward(g: np.ndarray, saved: Any, needs: tuple[bool, ...]) -> Any:
+        b, out = saved
+        ga = g / b
+        return ga, (-ga * out if needs[1] else None)
+
+
+@defop("neg")
+class _Neg:
+    def forward(a: np.ndarray) -> Any:
+        return -a, None
+
+    def backward(g: np.ndarray, _: None) -> Any:
+        return (-g,)
+
+
+@defop("pow", broadcasts=True, needs_mask=True)
+class _Pow:
+    def forward(a: np.ndarray, b: np.ndarray) -> Any:
+        out = np.power(a, b)
+        return out, (a, b, out)
+
+    def backward(g: np.ndarray, saved: Any, needs: tuple[bool, ...]) -> Any:
+        a, b, out = saved
+        ga = gb = None
+        if needs[0]:
+            # b * a**(b-1); where b == 0 the derivative is 0 even at a == 0 (PyTorch's convention)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ga = np.where(b == 0, 0.0, g * b * np.power(a, b - 1)).astype(g.dtype, copy=False)
+        if needs[1]:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                # a**b * log(a); PyTorch masks a == 0 with b >= 0 to 0
+                gb = np.where((a == 0) & (b >= 0), 0.0, g * out * np.log(a)).astype(g.dtype, copy=False)
+        return ga, gb
+
+
+_BIN_CASES = [
+    case(A((3, 4)), A((3, 4))),
+    case(A((2, 1, 3)), A((4, 1))),
+    case(A((3,)), 1.5),
+    case(A((2, 3)), A((1, 3), kind="const")),
+]
+
+
+@public("torch.add", _BIN_CASES, methods=("add", "__add__", "__radd__"))
+def add(input: TensorLike, other: TensorLike) -> Tensor:
+    """input + other, broadcasting."""
+    return _Add(input, other)
+
+
+@public("torch.sub", _BIN_CASES, methods=("sub", "__sub__"))
+def sub(input: TensorLike, other: TensorLike) -> Tensor:
+    """input - other, broadcasting."""
+    return _Sub(input, other)
+
+
+@public("torch.mul", _BIN_CASES, methods=("mul", "__mul__", "__rmul__"))
+def mul(input: TensorLike, other: TensorLike) -> Tensor:
+    """input * other, broadcasting."""
+    return _Mul(input, other)
+
+
+@public(
+    "torch.div",
+    [case(A((3, 4)), _pos(3, 4)), case(A((2, 1, 3)), _pos(4, 1)), case(A((3,)), 1.5), case(2.0, _pos(3))],
+    methods=("div", "__truediv__"),
+)
+def div(input: TensorLike, other: TensorLike) -> Tensor:
+    """input / other, broadcasting (true division)."""
+    return _Div(input, other)
+
+
+@public("torch.neg", [case(A((3, 4)))], methods=("neg", "__neg__"))
+def neg(input: TensorLike) -> Tensor:
+    """-input."""
+    return _Neg(input)
+
+
+@public(
+    "torch.pow",
+    [
+        case(_pos(3, 4), A((3, 4))),
+        case(A((3, 4)), 3.0),
+        case(A((2, 3)), 2),
+        case(_pos(2, 3), 0.5),
+        case(_pos(2, 1), A((3,))),
+        case(1.7, A((4,))),
+    ],
+    methods=("pow", "__pow__"),
+)
+def pow(input: TensorLike, exponent: TensorLike) -> Tensor:
+    """input ** exponent, broadcasting; the base may be a scalar."""
+    return _Pow(input, exponent)
+
+
+Tensor.__rsub__ = lambda self, other: _Sub(other, self)  # type: ignore[method-assign]
+Tensor.__rtruediv__ = lambda self, other: _Div(other, self)  # type: ignore[method-assign]
+Tensor.__rpow__ = lambda self, other: _Pow(other, self)  # type: ignore[method-assign]
+
+
+# ----------------------------------------------------------------------------------- unary maths
+@defop("exp")
+class _Exp:
+    def forward(x: np.ndarray) -> Any:
+        out = np.exp(x)
+        return out, out
+
+    def backward(g: np.ndarray, out: np.ndarray) -> Any:
+        return (g * out,)
+
+
+@defop("log")
+class _Log:
+    def forward(x: np.ndarray) -> Any:
+        return np.log(x), x
+
+    def backward(g: np.ndarray, x: np.ndarray) -> Any:
+        return (g / x,)
+
+
+@defop("sqrt")
+class _Sqrt:
+    def forward(x: np.ndarray) -> Any:
+        out = np.sqrt(x)
+        return out, out
+
+    def backward(g: np.ndarray, out: np.ndarray) -> Any:
+        return (g / (2 * out),)
+
+
+@defop("rsqrt")
+class _Rsqrt:
+    def forward(x: np.ndarray) -> Any:
+        out = 1 / np.sqrt(x)
+        return out, out
+
+    def backward(g: np.ndarray, out: np.ndarray) -> Any:
+        return (-0.5 * g * out * out * out,)
+
+
+@defop("abs")
+class _Abs:
+    def forward(x: np.ndarray) -> Any:
+        return np.abs(x), x
+
+    def backward(g: np.ndarray, x: np.ndarray) -> Any:
+        return (g * np.sign(x),)
+
+
+@defop("tanh")
+class _Tanh:
+    def forward(x: np.ndarray) -> Any:
+        out = np.tanh(x)
+        return out, out
+
+    def backward(g: np.ndarray, out: np.ndarray) -> Any:
+        return (g * (1 - out * out),)
+
+
+@defop("sigmoid")
+class _Sigmoid:
+    def forward(x: np.ndarray) -> Any:
+        out = special.expit(x)
+        return out, out
+
+    def backward(g: np.ndarray, out: np.ndarray) -> Any:
+        return (g * out * (1 - out),)
+
+
+@public("torch.exp", [case(A((3, 4))), case(A(()))], methods=("exp",))
+def exp(input: TensorLike) -> Tensor:
+    """e ** input."""
+    return _Exp(input)
+
+
+@public("torch.log", [case(_pos(3, 4))], methods=("log",))
+def log(input: TensorLike) -> Tensor:
+    """Natural logarithm."""
+    return _Log(input)
+
+
+@public("torch.sqrt", [case(_pos(3, 4))], methods=("sqrt",))
+def sqrt(input: TensorLike) -> Tensor:
+    """Square root."""
+    return _Sqrt(input)
+
+
+@public("torch.rsqrt", [case(_pos(3, 4))], methods=("rsqrt",))
+def rsqrt(input: TensorLike) -> Tensor:
+    """1 / sqrt(input)."""
+    return _Rsqrt(input)
+
+
+@public("torch.abs", [case(A((3, 4), away=(0.0,)))], methods=("abs", "__abs__"))
+def abs(input: TensorLike) -> Tensor:
+    """|input|; the gradient at 0 is 0, as in PyTorch."""
+    return _Abs(input)
+
+
+@public("torch.tanh", [case(A((3, 4)))], methods=("tanh",))
+def tanh(input: TensorLike) -> Tensor:
+    """Hyperbolic tangent."""
+    return _Tanh(input)
+
+
+@public("torch.sigmoid", [case(A((3, 4), low=-6, high=6))], methods=("sigmoid",))
+def sigmoid(input: TensorLike) -> Tensor:
+    """1 / (1 + e ** -input), computed without overflow."""
+    return _Sigmoid(input)
+
+
+# ----------------------------------------------------------------------------------- activations
+@defop("relu")
+class _Relu:
+    def forward(x: np.ndarray) -> Any:
+        out = np.maximum(x, 0)
+        return out, x
+
+    def backward(g: np.ndarray, x: np.ndarray) -> Any:
+        return (g * (x > 0),)
+
+
+@defop("leaky_relu")
+class _LeakyRelu:
+    def forward(x: np.ndarray, *, negative_slope: float) -> Any:
+        pos = x > 0
+        slope = np.where(pos, 1, negative_slope).astype(x.dtype)
+        return x * slope, slope
+
+    def backward(g: np.ndarray, slope: np.ndarray) -> Any:
+        return (g * slope,)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@defop("gelu")
+class _Gelu:
+    def forward(x: np.ndarray, *, approximate: str) -> Any:
+        dt = x.dtype.type
+        if approximate == "tanh":
+            inner = dt(_SQRT_2_OVER_PI) * (x + dt(0.044715) * x * x * x)
+            t = np.tanh(inner)
+            out = dt(0.5) * x * (1 + t)
+            return out, ("tanh", x, t)
+        cdf = dt(0.5) * (1 + special.erf(x * dt(_INV_SQRT_2)))
+        return x * cdf, ("none", x, cdf)
+
+    def backward(g: np.ndarray, saved: Any) -> Any:
+        kind, x, aux = saved
+        dt = x.dtype.type
+        if kind == "tanh":
+            t = aux
+            dinner = dt(_SQRT_2_OVER_PI) * (1 + dt(3 * 0.044715) * x * x)
+            return (g * (dt(0.5) * (1 + t) + dt(0.5) * x * (1 - t * t) * dinner),)
+        pdf = dt(_INV_SQRT_2PI) * np.exp(dt(-0.5) * x * x)
+        return (g * (aux + x * pdf),)
+
+
+@defop("silu")
+class _Silu:
+    def forward(x: np.ndarray) -> Any:
+        s = special.expit(x)
+        return x * s, (x, s)
+
+    def backward(g: np.ndarray, saved: Any) -> Any:
+        x, s = saved
+        return (g * (s * (1 + x * (1 - s))),)
+
+
+@defop("softplus")
+class _Softplus:
+    def forward(x: np.ndarray, *, beta: float, threshold: float) -> Any:
+        bx = x * x.dtype.type(beta)
+        linear = bx > threshold
+        out = np.where(linear, x, np.logaddexp(0, bx) / x.dtype.type(beta)).astype(x.dtype, copy=False)
+        return out, (bx, linear)
+
+    def backward(g: np.ndarray, saved: Any) -> Any:
+        bx, linear = saved
+        return (g * np.where(linear, 1, special.expit(bx)).astype(g.dtype, copy=False),)
+
+
+@public("torch.nn.functional.relu", [case(A((3, 4), away=(0.0,)))], methods=("relu",))
+def relu(input: TensorLike) -> Tensor:
+    """max(input, 0); the gradient at 0 is 0."""
+    return _Relu(input)
+
+
+@public(
+    "torch.nn.functional.leaky_relu",
+    [case(A((3, 4), away=(0.0,))), case(A((5,), away=(0.0,)), negative_slope=0.2)],
+)
+def leaky_relu(input: TensorLike, negative_slope: float = 0.01) -> Tensor:
+    """input where positive, negative_slope * input elsewhere."""
+    return _LeakyRelu(input, negative_slope=float(negative_slope))
+
+
+@public(
+    "torch.nn.functional.gelu",
+    [case(A((3, 4), low=-4, high=4)), case(A((3, 4), low=-4, high=4), approximate="tanh")],
+)
+def gelu(input: TensorLike, approximate: str = "none") -> Tensor:
+    """x * Phi(x) (exact, with erf), or its tanh approximation with approximate="tanh"."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return _Gelu(input, approximate=approximate)
+
+
+@public("torch.nn.functional.silu", [case(A((3, 4), low=-5, high=5))])
+def silu(input: TensorLike) -> Tensor:
+    """x * sigmoid(x) (also called swish)."""
+    return _Silu(input)
+
+
+@public(
+    "torch.nn.functional.softplus",
+    [
+        case(A((3, 4), low=-5, high=5)),
+        case(A((3, 4), low=-5, high=5), beta=2.0, threshold=4.0, torch_kwargs={"beta": 2.0, "threshold": 4.0}),
+    ],
+)
+def softplus(input: TensorLike, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """log(1 + e ** (beta x)) / beta, and x itself where beta x > threshold."""
+    return _Softplus(input, beta=float(beta), threshold=float(threshold))
+
+
+# ----------------------------------------------------------------------------------- selection
+@defop("clamp")
+class _Clamp:
+    def forward(x: np.ndarray, *, min: float | None, max: float | None) -> Any:
+        out = np.clip(x, min, max)
+        keep = np.ones(x.shape, dtype=bool)
+        if min is not None:
+            keep &= x >= min
+        if max is not None:
+            keep &= x <= max
+        return out.astype(x.dtype, copy=False), keep
+
+    def backward(g: np.ndarray, keep: np.ndarray) -> Any:
+        return (g * keep,)
+
+
+@defop("where", broadcasts=True)
+class _Where:
+    def forward(cond: np.ndarray, a: np.ndarray, b: np.ndarray) -> Any:
+        return np.where(cond, a, b), cond
+
+    def backward(g: np.ndarray, cond: np.ndarray) -> Any:
+        zero = np.zeros((), dtype=g.dtype)
+        return None, np.where(cond, g, zero), np.where(cond, zero, g)
+
+
+@defop("maximum", broadcasts=True)
+class _Maximum:
+    def forward(a: np.ndarray, b: np.ndarray) -> Any:
+        return np.maximum(a, b), (a, b)
+
+    def backward(g: np.ndarray, saved: Any) -> Any:
+        a, b = saved
+        # ties split the gradient evenly, as in PyTorch
+        wa = (a > b) + 0.5 * (a == b)
+        return g * wa.astype(g.dtype), g * (1 - wa).astype(g.dtype)
+
+
+@defop("minimum", broadcasts=True)
+class _Minimum:
+    def forward(a: np.ndarray, b: np.ndarray) -> Any:
+        return np.minimum(a, b), (a, b)
+
+    def backward(g: np.ndarray, saved: Any) -> Any:
+        a, b = saved
+        wa = (a < b) + 0.5 * (a == b)
+        return g * wa.astype(g.dtype), g * (1 - wa).astype(g.dtype)
+
+
+@public(
+    "torch.clamp",
+    [
+        case(A((3, 4)), min=-0.5, max=0.7, torch_kwargs={"min": -0.5, "max": 0.7}),
+        case(A((3, 4)), min=0.1, torch_kwargs={"min": 0.1}),
+        case(A((3, 4)), max=0.1, torch_kwargs={"max": 0.1}),
+    ],
+    methods=("clamp", "clip"),
+)
+def clamp(input: TensorLike, min: float | None = None, max: float | None = None) -> Tensor:
+    """Limit input to [min, max]; the gradient flows where min <= input <= max."""
+    if min is None and max is None:
+        raise ValueError("clamp: at least one of min and max must be given")
+    return _Clamp(input, min=min, max=max)
+
+
+@public(
+    "torch.where",
+    [
+        case(A((3, 4), kind="bool"), A((3, 4)), A((3, 4))),
+        case(A((3, 1), kind="bool"), A((1, 4)), A((3, 4))),
+        case(A((2, 3), kind="bool"), A((2, 3)), 0.0),
+    ],
+)
+def where(condition: TensorLike, input: TensorLike, other: TensorLike) -> Tensor:
+    """input where condition holds, other elsewhere, broadcasting all three."""
+    cond = condition.data if isinstance(condition, Tensor) else np.asarray(condition)
+    if cond.dtype != np.bool_:
+        raise TypeError(f"where: condition must be a bool tensor, got dtype {cond.dtype}")
+    return _Where(Tensor(cond), input, other)
+
+
+@public(
+    "torch.maximum",
+    [case(A((3, 4)), A((3, 4))), case(A((2, 1, 3)), A((4, 1)))],
+    methods=("maximum",),
+)
+def maximum(input: TensorLike, other: TensorLike) -> Tensor:
+    """Elementwise maximum; ties share the gradient equally."""
+    return _Maximum(input, other)
+
+
+@public(
+    "torch.minimum",
+    [case(A((3, 4)), A((3, 4))), case(A((2, 1, 3)), A((4, 1)))],
+    methods=("minimum",),
+)
+def minimum(input: TensorLike, other: TensorLike) -> Tensor:
+    """Elementwise minimum; ties share the gradient equally."""
+    return _Minimum(input, other)
+
+
+# ----------------------------------------------------------------------------------- comparisons
+def _compare(ufunc: Any) -> Any:
+    def method(self: Tensor, other: Any) -> Tensor:
+        o = other.data if isinstance(other, Tensor) else other
+        return Tensor(np.asarray(ufunc(self.data, o)))
+
+    return method
+
+
+for _name, _ufunc in [
+    ("lt", np.less),
+    ("le", np.less_equal),
+    ("gt", np.greater),
+    ("ge", np.greater_equal),
+    ("eq", np.equal),
+    ("ne", np.not_equal),
+]:
+    setattr(Tensor, f"__{_name}__", _compare(_ufunc))
+    setattr(Tensor, _name, _compare(_ufunc))

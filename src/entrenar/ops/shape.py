@@ -1,0 +1,5 @@
+"""shape ops (being written)."""
+
+from __future__ import annotations
+
+__all__: list[str] = []
