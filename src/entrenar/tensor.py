@@ -188,7 +188,7 @@ class Tensor:
                     f"backward(): grad can be implicitly created only for scalar outputs; this tensor "
                     f"has shape {self.data.shape}: pass a gradient of that shape"
                 )
-            g = np.ones_like(self.data)
+            g = np.ones(self.data.shape, dtype=self.data.dtype)
         else:
             g = grad.data if isinstance(grad, Tensor) else np.asarray(grad)
             if g.shape != self.data.shape:
@@ -234,7 +234,8 @@ class Tensor:
     @property
     def T(self) -> Tensor:  # noqa: N802 - PyTorch's name
         """Reversed dimensions (`permute(n-1, ..., 0)`)."""
-        return self.permute(*reversed(range(self.data.ndim)))  # type: ignore[no-any-return]
+        result: Tensor = self.permute(*reversed(range(self.data.ndim)))
+        return result
 
 
 def tensor(data: TensorLike, dtype: Any = None, requires_grad: bool = False) -> Tensor:

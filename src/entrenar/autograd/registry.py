@@ -1,17 +1,19 @@
 """The op registry: primitives (forward + backward side by side) and the public functions with specs.
 
-A primitive is declared once, as a class with two static methods::
+A primitive is declared once, its forward and backward next to each other::
 
     @defop("exp")
-    class Exp:
-        def forward(x):              # ndarrays in (tensor inputs positional, params by keyword)
-            out = np.exp(x)
-            return out, out          # the output and the residuals the backward needs
-        def backward(g, out):        # upstream gradient and the residuals
-            return (g * out,)        # one gradient per tensor input (None where none flows)
+    def _Exp(x):                     # ndarrays in: tensor inputs positional, params by keyword
+        out = np.exp(x)
+        return out, out              # the output and the residuals the backward needs
 
-Calling the `OpDef` with tensors (or scalars, converted to the dtype of the first tensor) runs the
-forward and, if grad mode is on and an input requires grad, records a tape node.
+    @_Exp.defbackward
+    def _exp_backward(g, out):       # upstream gradient and the residuals
+        return (g * out,)            # one gradient per tensor input (None where none flows)
+
+Calling the `OpDef` (`_Exp(t)`) with tensors (or scalars, converted to the dtype of the first
+floating tensor) runs the forward and, if grad mode is on and an input requires grad, records a
+tape node. A backward never writes into `g` or the residuals, and never returns a residual itself.
 
 Every public function (what `entrenar.functional` exports) is registered with `public(...)` together
 with its test `Spec`: the input shapes and domains, the PyTorch function it must match, and
@@ -92,6 +94,8 @@ class OpDef:
         except ValueError as e:
             shapes = ", ".join(str(None if d is None else np.shape(d)) for d in datas)
             raise ValueError(f"{self.name}: {e} (input shapes: {shapes})") from e
+        if type(out) is not np.ndarray:  # ufuncs on 0-d arrays return NumPy scalars
+            out = np.asarray(out)
         t = Tensor.__new__(Tensor)
         t.data = out
         t.grad = None
@@ -105,6 +109,13 @@ class OpDef:
             t._rg = False
             t._node = None
         return t
+
+    def defbackward(self, backward: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: set this op's backward(g, saved[, needs]) -> one gradient per tensor input."""
+        if self.backward is not _missing_backward:
+            raise ValueError(f"op '{self.name}' already has a backward")
+        self.backward = backward
+        return backward
 
     def __repr__(self) -> str:
         return f"<op {self.name}>"
@@ -148,19 +159,27 @@ def as_tensor(value: Any, like: Tensor | None = None) -> Tensor:
 OPS: dict[str, OpDef] = {}
 
 
-def defop(name: str, *, broadcasts: bool = False, needs_mask: bool = False) -> Callable[[type], OpDef]:
-    """Register a primitive from a class holding static `forward` and `backward` functions.
+def _missing_backward(*_: Any) -> Any:
+    raise NotImplementedError("this op has no backward; register one with @op.defbackward")
+
+
+def defop(
+    name: str, *, broadcasts: bool = False, needs_mask: bool = False
+) -> Callable[[Callable[..., Any]], OpDef]:
+    """Register a primitive from its forward function; add the backward with `@op.defbackward`.
 
     `broadcasts=True` lets the tape sum input gradients back to the input shapes (NumPy broadcasting).
     `needs_mask=True` passes the backward a third argument, a tuple of bools saying which inputs
     require grad, so that it can skip work (a frozen weight's gradient, say).
     """
 
-    def register(cls: type) -> OpDef:
+    def register(forward: Callable[..., Any]) -> OpDef:
         if name in OPS:
             raise ValueError(f"op '{name}' is registered twice")
-        forward = cls.__dict__["forward"]
-        backward = cls.__dict__["backward"]
+        backward = _missing_backward
+        if isinstance(forward, type):  # transitional: a class holding forward and backward
+            backward = forward.__dict__["backward"]
+            forward = forward.__dict__["forward"]
         op = OpDef(name, forward, backward, broadcasts, needs_mask)
         OPS[name] = op
         return op

@@ -129,22 +129,23 @@ def _fit(op: OpDef, index: int, g: Any, inp: Tensor) -> np.ndarray:
     return g
 
 
+def _give_leaf(leaf: Tensor, g: np.ndarray, handed: set[int]) -> None:
+    """Accumulate g into a leaf's .grad; a leaf never shares its .grad array with anyone."""
+    if leaf.grad is None:
+        if g.base is not None or id(g) in handed or not g.flags.writeable:
+            g = g.copy()
+        handed.add(id(g))
+        leaf.grad = g
+    else:
+        # A new array, never in place: the old one may be held by the caller.
+        leaf.grad = leaf.grad + g
+
+
 def backward(root: Tensor, grad: np.ndarray, retain_graph: bool = False) -> None:
     """Propagate `grad` (shaped like root) from root to every leaf that requires grad."""
-    handed: set[int] = {id(grad)}  # arrays already owned elsewhere: a leaf must copy them
-
-    def give_leaf(leaf: Tensor, g: np.ndarray) -> None:
-        if leaf.grad is None:
-            if g.base is not None or id(g) in handed or not g.flags.writeable:
-                g = g.copy()
-            handed.add(id(g))
-            leaf.grad = g
-        else:
-            # A new array, never in place: the old one may be shared with the caller.
-            leaf.grad = leaf.grad + g
-
+    handed: set[int] = {id(grad)}  # arrays a leaf may not take without copying
     if root._node is None:
-        give_leaf(root, grad)
+        _give_leaf(root, grad, handed)
         return
     order = _topological(root)
     grads: dict[int, np.ndarray] = {id(root): grad}
@@ -154,23 +155,27 @@ def backward(root: Tensor, grad: np.ndarray, retain_graph: bool = False) -> None
         assert node is not None
         if g is not None:
             if t._retains_grad:
-                give_leaf(t, g)
-            if node.op.needs_mask:
-                needs = tuple(inp is not None and inp._rg for inp in node.inputs)
-                in_grads = node.op.backward(g, node.saved, needs)
+                _give_leaf(t, g, handed)
+            op = node.op
+            inputs = node.inputs
+            if op.needs_mask:
+                needs = tuple(inp is not None and inp._rg for inp in inputs)
+                in_grads = op.backward(g, node.saved, needs)
             else:
-                in_grads = node.op.backward(g, node.saved)
-            if len(in_grads) != len(node.inputs):
+                in_grads = op.backward(g, node.saved)
+            if len(in_grads) != len(inputs):
                 raise RuntimeError(
-                    f"backward of '{node.op.name}' returned {len(in_grads)} gradients for "
-                    f"{len(node.inputs)} inputs"
+                    f"backward of '{op.name}' returned {len(in_grads)} gradients for {len(inputs)} inputs"
                 )
-            for i, (inp, gi) in enumerate(zip(node.inputs, in_grads, strict=True)):
+            for i, inp in enumerate(inputs):
+                gi = in_grads[i]
                 if gi is None or inp is None or not inp._rg:
                     continue
-                gi = _fit(node.op, i, gi, inp)
+                d = inp.data
+                if type(gi) is not np.ndarray or gi.shape != d.shape or gi.dtype != d.dtype:
+                    gi = _fit(op, i, gi, inp)
                 if inp._node is None:
-                    give_leaf(inp, gi)
+                    _give_leaf(inp, gi, handed)
                 else:
                     key = id(inp)
                     prev = grads.get(key)

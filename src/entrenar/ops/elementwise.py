@@ -41,81 +41,85 @@ __all__ = [
 ]
 
 A = Arg
-POS = {"low": 0.5, "high": 2.0}
-
-
 def _pos(*shape: int) -> Arg:
-    return Arg(shape, **POS)
+    """A positive input (for log, sqrt, divisors, bases of real powers)."""
+    return Arg(shape, low=0.5, high=2.0)
 
 
 # ----------------------------------------------------------------------------------- arithmetic
 @defop("add", broadcasts=True)
-class _Add:
-    def forward(a: np.ndarray, b: np.ndarray) -> Any:
-        return a + b, None
+def _Add(a: np.ndarray, b: np.ndarray) -> Any:
+    return a + b, None
 
-    def backward(g: np.ndarray, _: None) -> Any:
-        return g, g
+
+@_Add.defbackward
+def _add_backward(g: np.ndarray, _: None) -> Any:
+    return g, g
 
 
 @defop("sub", broadcasts=True)
-class _Sub:
-    def forward(a: np.ndarray, b: np.ndarray) -> Any:
-        return a - b, None
+def _Sub(a: np.ndarray, b: np.ndarray) -> Any:
+    return a - b, None
 
-    def backward(g: np.ndarray, _: None) -> Any:
-        return g, -g
+
+@_Sub.defbackward
+def _sub_backward(g: np.ndarray, _: None) -> Any:
+    return g, -g
 
 
 @defop("mul", broadcasts=True, needs_mask=True)
-class _Mul:
-    def forward(a: np.ndarray, b: np.ndarray) -> Any:
-        return a * b, (a, b)
+def _Mul(a: np.ndarray, b: np.ndarray) -> Any:
+    return a * b, (a, b)
 
-    def backward(g: np.ndarray, saved: Any, needs: tuple[bool, ...]) -> Any:
-        a, b = saved
-        return (g * b if needs[0] else None), (g * a if needs[1] else None)
+
+@_Mul.defbackward
+def _mul_backward(g: np.ndarray, saved: Any, needs: tuple[bool, ...]) -> Any:
+    a, b = saved
+    return (g * b if needs[0] else None), (g * a if needs[1] else None)
 
 
 @defop("div", broadcasts=True, needs_mask=True)
-class _Div:
-    def forward(a: np.ndarray, b: np.ndarray) -> Any:
-        out = a / b
-        return out, (b, out)
+def _Div(a: np.ndarray, b: np.ndarray) -> Any:
+    out = a / b
+    return out, (b, out)
 
-    def backward(g: np.ndarray, saved: Any, needs: tuple[bool, ...]) -> Any:
-        b, out = saved
-        ga = g / b
-        return ga, (-ga * out if needs[1] else None)
+
+@_Div.defbackward
+def _div_backward(g: np.ndarray, saved: Any, needs: tuple[bool, ...]) -> Any:
+    b, out = saved
+    ga = g / b
+    return ga, (-ga * out if needs[1] else None)
 
 
 @defop("neg")
-class _Neg:
-    def forward(a: np.ndarray) -> Any:
-        return -a, None
+def _Neg(a: np.ndarray) -> Any:
+    return -a, None
 
-    def backward(g: np.ndarray, _: None) -> Any:
-        return (-g,)
+
+@_Neg.defbackward
+def _neg_backward(g: np.ndarray, _: None) -> Any:
+    return (-g,)
 
 
 @defop("pow", broadcasts=True, needs_mask=True)
-class _Pow:
-    def forward(a: np.ndarray, b: np.ndarray) -> Any:
-        out = np.power(a, b)
-        return out, (a, b, out)
+def _Pow(a: np.ndarray, b: np.ndarray) -> Any:
+    out = np.power(a, b)
+    return out, (a, b, out)
 
-    def backward(g: np.ndarray, saved: Any, needs: tuple[bool, ...]) -> Any:
-        a, b, out = saved
-        ga = gb = None
-        if needs[0]:
-            # b * a**(b-1); where b == 0 the derivative is 0 even at a == 0 (PyTorch's convention)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ga = np.where(b == 0, 0.0, g * b * np.power(a, b - 1)).astype(g.dtype, copy=False)
-        if needs[1]:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                # a**b * log(a); PyTorch masks a == 0 with b >= 0 to 0
-                gb = np.where((a == 0) & (b >= 0), 0.0, g * out * np.log(a)).astype(g.dtype, copy=False)
-        return ga, gb
+
+@_Pow.defbackward
+def _pow_backward(g: np.ndarray, saved: Any, needs: tuple[bool, ...]) -> Any:
+    a, b, out = saved
+    ga = gb = None
+    if needs[0]:
+        # b * a**(b-1); where b == 0 the derivative is 0 even at a == 0 (PyTorch's convention)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ga = np.where(b == 0, 0.0, g * b * np.power(a, b - 1)).astype(g.dtype, copy=False)
+    if needs[1]:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            # a**b * log(a); PyTorch masks a == 0 with b >= 0 to 0
+            gb = np.where((a == 0) & (b >= 0), 0.0, g * out * np.log(a)).astype(g.dtype, copy=False)
+    return ga, gb
 
 
 _BIN_CASES = [
@@ -184,71 +188,78 @@ Tensor.__rpow__ = lambda self, other: _Pow(other, self)  # type: ignore[method-a
 
 # ----------------------------------------------------------------------------------- unary maths
 @defop("exp")
-class _Exp:
-    def forward(x: np.ndarray) -> Any:
-        out = np.exp(x)
-        return out, out
+def _Exp(x: np.ndarray) -> Any:
+    out = np.exp(x)
+    return out, out
 
-    def backward(g: np.ndarray, out: np.ndarray) -> Any:
-        return (g * out,)
+
+@_Exp.defbackward
+def _exp_backward(g: np.ndarray, out: np.ndarray) -> Any:
+    return (g * out,)
 
 
 @defop("log")
-class _Log:
-    def forward(x: np.ndarray) -> Any:
-        return np.log(x), x
+def _Log(x: np.ndarray) -> Any:
+    return np.log(x), x
 
-    def backward(g: np.ndarray, x: np.ndarray) -> Any:
-        return (g / x,)
+
+@_Log.defbackward
+def _log_backward(g: np.ndarray, x: np.ndarray) -> Any:
+    return (g / x,)
 
 
 @defop("sqrt")
-class _Sqrt:
-    def forward(x: np.ndarray) -> Any:
-        out = np.sqrt(x)
-        return out, out
+def _Sqrt(x: np.ndarray) -> Any:
+    out = np.sqrt(x)
+    return out, out
 
-    def backward(g: np.ndarray, out: np.ndarray) -> Any:
-        return (g / (2 * out),)
+
+@_Sqrt.defbackward
+def _sqrt_backward(g: np.ndarray, out: np.ndarray) -> Any:
+    return (g / (2 * out),)
 
 
 @defop("rsqrt")
-class _Rsqrt:
-    def forward(x: np.ndarray) -> Any:
-        out = 1 / np.sqrt(x)
-        return out, out
+def _Rsqrt(x: np.ndarray) -> Any:
+    out = 1 / np.sqrt(x)
+    return out, out
 
-    def backward(g: np.ndarray, out: np.ndarray) -> Any:
-        return (-0.5 * g * out * out * out,)
+
+@_Rsqrt.defbackward
+def _rsqrt_backward(g: np.ndarray, out: np.ndarray) -> Any:
+    return (-0.5 * g * out * out * out,)
 
 
 @defop("abs")
-class _Abs:
-    def forward(x: np.ndarray) -> Any:
-        return np.abs(x), x
+def _Abs(x: np.ndarray) -> Any:
+    return np.abs(x), x
 
-    def backward(g: np.ndarray, x: np.ndarray) -> Any:
-        return (g * np.sign(x),)
+
+@_Abs.defbackward
+def _abs_backward(g: np.ndarray, x: np.ndarray) -> Any:
+    return (g * np.sign(x),)
 
 
 @defop("tanh")
-class _Tanh:
-    def forward(x: np.ndarray) -> Any:
-        out = np.tanh(x)
-        return out, out
+def _Tanh(x: np.ndarray) -> Any:
+    out = np.tanh(x)
+    return out, out
 
-    def backward(g: np.ndarray, out: np.ndarray) -> Any:
-        return (g * (1 - out * out),)
+
+@_Tanh.defbackward
+def _tanh_backward(g: np.ndarray, out: np.ndarray) -> Any:
+    return (g * (1 - out * out),)
 
 
 @defop("sigmoid")
-class _Sigmoid:
-    def forward(x: np.ndarray) -> Any:
-        out = special.expit(x)
-        return out, out
+def _Sigmoid(x: np.ndarray) -> Any:
+    out = special.expit(x)
+    return out, out
 
-    def backward(g: np.ndarray, out: np.ndarray) -> Any:
-        return (g * out * (1 - out),)
+
+@_Sigmoid.defbackward
+def _sigmoid_backward(g: np.ndarray, out: np.ndarray) -> Any:
+    return (g * out * (1 - out),)
 
 
 @public("torch.exp", [case(A((3, 4))), case(A(()))], methods=("exp",))
@@ -295,24 +306,26 @@ def sigmoid(input: TensorLike) -> Tensor:
 
 # ----------------------------------------------------------------------------------- activations
 @defop("relu")
-class _Relu:
-    def forward(x: np.ndarray) -> Any:
-        out = np.maximum(x, 0)
-        return out, x
+def _Relu(x: np.ndarray) -> Any:
+    out = np.maximum(x, 0)
+    return out, x
 
-    def backward(g: np.ndarray, x: np.ndarray) -> Any:
-        return (g * (x > 0),)
+
+@_Relu.defbackward
+def _relu_backward(g: np.ndarray, x: np.ndarray) -> Any:
+    return (g * (x > 0),)
 
 
 @defop("leaky_relu")
-class _LeakyRelu:
-    def forward(x: np.ndarray, *, negative_slope: float) -> Any:
-        pos = x > 0
-        slope = np.where(pos, 1, negative_slope).astype(x.dtype)
-        return x * slope, slope
+def _LeakyRelu(x: np.ndarray, *, negative_slope: float) -> Any:
+    pos = x > 0
+    slope = np.where(pos, 1, negative_slope).astype(x.dtype)
+    return x * slope, slope
 
-    def backward(g: np.ndarray, slope: np.ndarray) -> Any:
-        return (g * slope,)
+
+@_LeakyRelu.defbackward
+def _leakyrelu_backward(g: np.ndarray, slope: np.ndarray) -> Any:
+    return (g * slope,)
 
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -321,50 +334,53 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 @defop("gelu")
-class _Gelu:
-    def forward(x: np.ndarray, *, approximate: str) -> Any:
-        dt = x.dtype.type
-        if approximate == "tanh":
-            inner = dt(_SQRT_2_OVER_PI) * (x + dt(0.044715) * x * x * x)
-            t = np.tanh(inner)
-            out = dt(0.5) * x * (1 + t)
-            return out, ("tanh", x, t)
-        cdf = dt(0.5) * (1 + special.erf(x * dt(_INV_SQRT_2)))
-        return x * cdf, ("none", x, cdf)
+def _Gelu(x: np.ndarray, *, approximate: str) -> Any:
+    dt = x.dtype.type
+    if approximate == "tanh":
+        inner = dt(_SQRT_2_OVER_PI) * (x + dt(0.044715) * x * x * x)
+        t = np.tanh(inner)
+        out = dt(0.5) * x * (1 + t)
+        return out, ("tanh", x, t)
+    cdf = dt(0.5) * (1 + special.erf(x * dt(_INV_SQRT_2)))
+    return x * cdf, ("none", x, cdf)
 
-    def backward(g: np.ndarray, saved: Any) -> Any:
-        kind, x, aux = saved
-        dt = x.dtype.type
-        if kind == "tanh":
-            t = aux
-            dinner = dt(_SQRT_2_OVER_PI) * (1 + dt(3 * 0.044715) * x * x)
-            return (g * (dt(0.5) * (1 + t) + dt(0.5) * x * (1 - t * t) * dinner),)
-        pdf = dt(_INV_SQRT_2PI) * np.exp(dt(-0.5) * x * x)
-        return (g * (aux + x * pdf),)
+
+@_Gelu.defbackward
+def _gelu_backward(g: np.ndarray, saved: Any) -> Any:
+    kind, x, aux = saved
+    dt = x.dtype.type
+    if kind == "tanh":
+        t = aux
+        dinner = dt(_SQRT_2_OVER_PI) * (1 + dt(3 * 0.044715) * x * x)
+        return (g * (dt(0.5) * (1 + t) + dt(0.5) * x * (1 - t * t) * dinner),)
+    pdf = dt(_INV_SQRT_2PI) * np.exp(dt(-0.5) * x * x)
+    return (g * (aux + x * pdf),)
 
 
 @defop("silu")
-class _Silu:
-    def forward(x: np.ndarray) -> Any:
-        s = special.expit(x)
-        return x * s, (x, s)
+def _Silu(x: np.ndarray) -> Any:
+    s = special.expit(x)
+    return x * s, (x, s)
 
-    def backward(g: np.ndarray, saved: Any) -> Any:
-        x, s = saved
-        return (g * (s * (1 + x * (1 - s))),)
+
+@_Silu.defbackward
+def _silu_backward(g: np.ndarray, saved: Any) -> Any:
+    x, s = saved
+    return (g * (s * (1 + x * (1 - s))),)
 
 
 @defop("softplus")
-class _Softplus:
-    def forward(x: np.ndarray, *, beta: float, threshold: float) -> Any:
-        bx = x * x.dtype.type(beta)
-        linear = bx > threshold
-        out = np.where(linear, x, np.logaddexp(0, bx) / x.dtype.type(beta)).astype(x.dtype, copy=False)
-        return out, (bx, linear)
+def _Softplus(x: np.ndarray, *, beta: float, threshold: float) -> Any:
+    bx = x * x.dtype.type(beta)
+    linear = bx > threshold
+    out = np.where(linear, x, np.logaddexp(0, bx) / x.dtype.type(beta)).astype(x.dtype, copy=False)
+    return out, (bx, linear)
 
-    def backward(g: np.ndarray, saved: Any) -> Any:
-        bx, linear = saved
-        return (g * np.where(linear, 1, special.expit(bx)).astype(g.dtype, copy=False),)
+
+@_Softplus.defbackward
+def _softplus_backward(g: np.ndarray, saved: Any) -> Any:
+    bx, linear = saved
+    return (g * np.where(linear, 1, special.expit(bx)).astype(g.dtype, copy=False),)
 
 
 @public("torch.nn.functional.relu", [case(A((3, 4), away=(0.0,)))], methods=("relu",))
@@ -413,51 +429,55 @@ def softplus(input: TensorLike, beta: float = 1.0, threshold: float = 20.0) -> T
 
 # ----------------------------------------------------------------------------------- selection
 @defop("clamp")
-class _Clamp:
-    def forward(x: np.ndarray, *, min: float | None, max: float | None) -> Any:
-        out = np.clip(x, min, max)
-        keep = np.ones(x.shape, dtype=bool)
-        if min is not None:
-            keep &= x >= min
-        if max is not None:
-            keep &= x <= max
-        return out.astype(x.dtype, copy=False), keep
+def _Clamp(x: np.ndarray, *, min: float | None, max: float | None) -> Any:
+    out = np.clip(x, min, max)
+    keep = np.ones(x.shape, dtype=bool)
+    if min is not None:
+        keep &= x >= min
+    if max is not None:
+        keep &= x <= max
+    return out.astype(x.dtype, copy=False), keep
 
-    def backward(g: np.ndarray, keep: np.ndarray) -> Any:
-        return (g * keep,)
+
+@_Clamp.defbackward
+def _clamp_backward(g: np.ndarray, keep: np.ndarray) -> Any:
+    return (g * keep,)
 
 
 @defop("where", broadcasts=True)
-class _Where:
-    def forward(cond: np.ndarray, a: np.ndarray, b: np.ndarray) -> Any:
-        return np.where(cond, a, b), cond
+def _Where(cond: np.ndarray, a: np.ndarray, b: np.ndarray) -> Any:
+    return np.where(cond, a, b), cond
 
-    def backward(g: np.ndarray, cond: np.ndarray) -> Any:
-        zero = np.zeros((), dtype=g.dtype)
-        return None, np.where(cond, g, zero), np.where(cond, zero, g)
+
+@_Where.defbackward
+def _where_backward(g: np.ndarray, cond: np.ndarray) -> Any:
+    zero = np.zeros((), dtype=g.dtype)
+    return None, np.where(cond, g, zero), np.where(cond, zero, g)
 
 
 @defop("maximum", broadcasts=True)
-class _Maximum:
-    def forward(a: np.ndarray, b: np.ndarray) -> Any:
-        return np.maximum(a, b), (a, b)
+def _Maximum(a: np.ndarray, b: np.ndarray) -> Any:
+    return np.maximum(a, b), (a, b)
 
-    def backward(g: np.ndarray, saved: Any) -> Any:
-        a, b = saved
-        # ties split the gradient evenly, as in PyTorch
-        wa = (a > b) + 0.5 * (a == b)
-        return g * wa.astype(g.dtype), g * (1 - wa).astype(g.dtype)
+
+@_Maximum.defbackward
+def _maximum_backward(g: np.ndarray, saved: Any) -> Any:
+    a, b = saved
+    # ties split the gradient evenly, as in PyTorch
+    wa = (a > b) + 0.5 * (a == b)
+    return g * wa.astype(g.dtype), g * (1 - wa).astype(g.dtype)
 
 
 @defop("minimum", broadcasts=True)
-class _Minimum:
-    def forward(a: np.ndarray, b: np.ndarray) -> Any:
-        return np.minimum(a, b), (a, b)
+def _Minimum(a: np.ndarray, b: np.ndarray) -> Any:
+    return np.minimum(a, b), (a, b)
 
-    def backward(g: np.ndarray, saved: Any) -> Any:
-        a, b = saved
-        wa = (a < b) + 0.5 * (a == b)
-        return g * wa.astype(g.dtype), g * (1 - wa).astype(g.dtype)
+
+@_Minimum.defbackward
+def _minimum_backward(g: np.ndarray, saved: Any) -> Any:
+    a, b = saved
+    wa = (a < b) + 0.5 * (a == b)
+    return g * wa.astype(g.dtype), g * (1 - wa).astype(g.dtype)
 
 
 @public(
