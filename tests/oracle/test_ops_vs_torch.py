@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from cases import all_cases, case_ids, call_entrenar, materialize, outputs, resolve_torch, torch_inputs
+from cases import all_cases, call_entrenar, case_ids, materialize, outputs, resolve_torch, torch_inputs
 
 from entrenar import Tensor
 
