@@ -31,12 +31,14 @@ def _check(name: str, index: int, dtype: Any, mode: str) -> None:
                     flat.append(e)
 
     def fn(*xs: Tensor) -> Any:
-        call = [list(a) if isinstance(a, (list, tuple)) else a for a in args]
+        call = list(args)
         for (i, j), x in zip(slots, xs, strict=True):
             if j is None:
                 call[i] = x
-            else:
-                call[i][j] = x
+            else:  # a leaf inside a list or tuple argument (cat's tensors): keep the container type
+                items = list(call[i])
+                items[j] = x
+                call[i] = type(call[i])(items)
         kw = dict(kwargs)
         for k, v in kw.items():  # fresh generators so every evaluation draws the same numbers
             if isinstance(v, np.random.Generator):

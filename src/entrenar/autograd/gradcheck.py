@@ -88,13 +88,13 @@ def gradcheck(
         for j in range(flat.size):
             orig = flat[j].copy()
             flat[j] = orig + eps
+            hi = float(flat[j])  # the step actually taken in the input's dtype, not the nominal eps
             plus = objective()
             flat[j] = orig - eps
+            lo = float(flat[j])
             minus = objective()
             flat[j] = orig
-            # The step actually taken in the input's dtype, not the nominal eps.
-            step = float(np.float64(orig + np.asarray(eps, flat.dtype)) - np.float64(orig - np.asarray(eps, flat.dtype)))
-            num_flat[j] = (plus - minus) / step
+            num_flat[j] = (plus - minus) / (hi - lo)
         diff = np.abs(analytic - numeric)
         if f64:
             bad = diff > atol + rtol * np.abs(numeric)

@@ -96,6 +96,9 @@ class OpDef:
             raise ValueError(f"{self.name}: {e} (input shapes: {shapes})") from e
         if type(out) is not np.ndarray:  # ufuncs on 0-d arrays return NumPy scalars
             out = np.asarray(out)
+        if out.dtype.char == "d" and not any(d is not None and d.dtype.char == "d" for d in datas):
+            # integer (or float32) inputs: the result takes PyTorch's default float32, not NumPy's float64
+            out = out.astype(np.float32)
         t = Tensor.__new__(Tensor)
         t.data = out
         t.grad = None

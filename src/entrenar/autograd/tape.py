@@ -11,8 +11,6 @@ This module knows nothing of `Tensor` beyond the attributes it reads (`data`, `g
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,25 +34,53 @@ def is_grad_enabled() -> bool:
     return _MODE.enabled
 
 
-@contextmanager
-def set_grad_enabled(mode: bool) -> Iterator[None]:
-    """Context manager that sets grad mode for this thread and restores it on exit."""
-    prev = _MODE.enabled
-    _MODE.enabled = bool(mode)
-    try:
-        yield
-    finally:
-        _MODE.enabled = prev
+class set_grad_enabled:
+    """Set grad mode for this thread: at once when called, restored on leaving a `with` block."""
+
+    def __init__(self, mode: bool) -> None:
+        self.prev = _MODE.enabled
+        _MODE.enabled = bool(mode)
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        _MODE.enabled = self.prev
 
 
-def no_grad() -> Any:
-    """Context manager under which no op records onto the tape (as `torch.no_grad`)."""
-    return set_grad_enabled(False)
+class _GradModeContext:
+    """A reusable `with` block (and decorator) that sets grad mode on entry and restores it on exit."""
+
+    def __init__(self, mode: bool) -> None:
+        self.mode = mode
+        self.prev: list[bool] = []
+
+    def __enter__(self) -> None:
+        self.prev.append(_MODE.enabled)
+        _MODE.enabled = self.mode
+
+    def __exit__(self, *exc: object) -> None:
+        _MODE.enabled = self.prev.pop()
+
+    def __call__(self, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return fn(*args, **kwargs)
+
+        wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
+        wrapper.__name__ = getattr(fn, "__name__", "wrapper")
+        wrapper.__doc__ = getattr(fn, "__doc__", None)
+        return wrapper
 
 
-def enable_grad() -> Any:
-    """Context manager that turns recording back on inside a `no_grad` block."""
-    return set_grad_enabled(True)
+def no_grad() -> _GradModeContext:
+    """Context manager (or decorator) under which no op records onto the tape, as `torch.no_grad`."""
+    return _GradModeContext(False)
+
+
+def enable_grad() -> _GradModeContext:
+    """Context manager (or decorator) that turns recording back on inside a `no_grad` block."""
+    return _GradModeContext(True)
 
 
 class Node:

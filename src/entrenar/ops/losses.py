@@ -1,5 +1,502 @@
-"""losses ops (being written)."""
+"""Loss functions (torch.nn.functional semantics): input first, then target.
+
+Each loss is one fused primitive whose backward is written out by hand: cross_entropy fuses
+log_softmax with the negative log-likelihood, binary_cross_entropy_with_logits uses the stable
+softplus form. Class weights and pos_weight are constants (PyTorch does not differentiate them).
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from typing import Any
+
+import numpy as np
+from scipy import special
+
+from entrenar.autograd.registry import Arg, case, defop, public
+from entrenar.tensor import Tensor, TensorLike
+
+__all__ = [
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "kl_div",
+    "mse_loss",
+    "nll_loss",
+]
+
+A = Arg
+_REDUCTIONS = ("none", "mean", "sum")
+
+
+def _data(x: TensorLike) -> np.ndarray:
+    return x.data if isinstance(x, Tensor) else np.asarray(x)
+
+
+def _float_input(op: str, x: TensorLike) -> np.ndarray:
+    d = _data(x)
+    if d.dtype.kind != "f":
+        raise TypeError(f"{op}: input must be a floating point tensor, got dtype {d.dtype}")
+    return d
+
+
+def _check_reduction(op: str, reduction: str, allowed: tuple[str, ...] = _REDUCTIONS) -> None:
+    if reduction not in allowed:
+        raise ValueError(f"{op}: reduction must be one of {', '.join(map(repr, allowed))}, got {reduction!r}")
+
+
+def _reduce(loss: np.ndarray, reduction: str, denom: Any = None) -> np.ndarray:
+    """The per-element loss reduced: as is, summed, or summed and divided by denom (the count)."""
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return np.asarray(total, dtype=loss.dtype)
+    d = loss.size if denom is None else denom
+    with np.errstate(divide="ignore", invalid="ignore"):  # nothing counted: nan, as PyTorch
+        return np.asarray(total / d, dtype=loss.dtype)
+
+
+def _upstream(g: np.ndarray, reduction: str, denom: Any) -> np.ndarray:
+    """d(reduced loss)/d(per-element loss) times g: g itself, or the 0-d g (over denom for mean)."""
+    if reduction == "mean":
+        if denom == 0:  # nothing counted (every target ignored): no gradient, as PyTorch
+            return np.zeros_like(g)
+        return g / denom
+    return g
+
+
+def _float_target(op: str, x: np.ndarray, target: TensorLike) -> TensorLike:
+    """A float target of x's dtype: arrays and lists are converted, a Tensor must already match."""
+    if isinstance(target, Tensor):
+        if target.dtype != x.dtype:
+            raise TypeError(f"{op}: target has dtype {target.dtype} but input has dtype {x.dtype}")
+        return target
+    return Tensor(np.asarray(target, dtype=x.dtype))
+
+
+# ----------------------------------------------------------------------------------- class targets
+def _to_rows(x: np.ndarray) -> np.ndarray:
+    """(C,) -> (1, C); (N, C) as is; (N, C, d1, ...) -> (N * d1 * ..., C)."""
+    if x.ndim == 2:
+        return x
+    if x.ndim == 1:
+        return x[None]
+    return np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+
+
+def _from_rows(d: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of `_to_rows` for a gradient: (M, C) back to the input's shape."""
+    if len(shape) == 2:
+        return d
+    if len(shape) == 1:
+        return d[0]
+    n, c, *rest = shape
+    return np.moveaxis(d.reshape(n, *rest, c), -1, 1)
+
+
+def _class_target(
+    op: str, x: np.ndarray, target: TensorLike, weight: TensorLike | None, ignore_index: int, reduction: str
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Validate a class-index target (and class weights); return them as arrays."""
+    _check_reduction(op, reduction)
+    t = _data(target)
+    if t.dtype.kind not in "iu":
+        raise TypeError(
+            f"{op}: target must hold class indices (an integer tensor), got dtype {t.dtype} with shape "
+            f"{t.shape}; only class-index targets are supported, not class probabilities"
+        )
+    if x.ndim == 0:
+        raise ValueError(f"{op}: input must have a class dimension, got a 0-d input")
+    expected = () if x.ndim == 1 else (x.shape[0], *x.shape[2:])
+    if t.shape != expected:
+        raise ValueError(
+            f"{op}: input of shape {x.shape} expects a target of shape {expected}, got {t.shape}"
+        )
+    c = x.shape[0] if x.ndim == 1 else x.shape[1]
+    bad = (t != ignore_index) & ((t < 0) | (t >= c))
+    if bad.any():
+        raise IndexError(f"{op}: target {t[bad].flat[0]} is out of bounds for {c} classes")
+    w = None
+    if weight is not None:
+        w = _data(weight)
+        if w.shape != (c,):
+            raise ValueError(f"{op}: weight must have shape ({c},), one per class, got {w.shape}")
+        w = w.astype(x.dtype, copy=False)
+    return t, w
+
+
+def _target_weights(
+    t: np.ndarray, ignore_index: int, weight: np.ndarray | None, dtype: Any
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(targets with ignored ones set to 0, the valid mask or None if none is ignored, row weights).
+
+    A row's weight is w[t], and 0 where ignored: selected, never multiplied by 0, so that an
+    ignored row's logits or class weight (padding may hold anything, NaN included) cannot leak.
+    """
+    t = t.reshape(-1)
+    valid = t != ignore_index
+    if valid.all():
+        return t, None, (np.ones(t.shape, dtype=dtype) if weight is None else weight[t])
+    ts = np.where(valid, t, 0)
+    zero = np.zeros((), dtype=dtype)
+    wt = valid.astype(dtype) if weight is None else np.where(valid, weight[ts], zero)
+    return ts, valid, wt
+
+
+def _drop(values: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """values with the ignored rows set to 0 (selected, so NaN in an ignored row does not survive)."""
+    return values if valid is None else np.where(valid, values, np.zeros((), dtype=values.dtype))
+
+
+@defop("cross_entropy")
+def _CrossEntropy(
+    x: np.ndarray,
+    *,
+    target: np.ndarray,
+    weight: np.ndarray | None,
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+) -> Any:
+    z = _to_rows(x)  # (M, C)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    se = e.sum(axis=1)
+    logse = np.log(se)
+    ts, valid, wt = _target_weights(target, ignore_index, weight, x.dtype)
+    rows = np.arange(z.shape[0])
+    loss = _drop((logse - z[rows, ts]) * wt, valid)  # -w[t] log p[t]
+    eps = label_smoothing
+    if eps > 0.0:
+        c = z.shape[1]
+        # -sum_c w_c log p_c, zero for ignored rows
+        smooth = c * logse - z.sum(axis=1) if weight is None else weight.sum() * logse - z @ weight
+        loss = (1 - eps) * loss + (eps / c) * _drop(smooth, valid)
+    denom = wt.sum()
+    out = _reduce(loss.reshape(target.shape), reduction, denom)
+    return out, (e, se, ts, valid, wt, weight, eps, reduction, denom, x.shape)
+
+
+@_CrossEntropy.defbackward
+def _cross_entropy_backward(g: np.ndarray, saved: Any) -> Any:
+    e, se, ts, valid, wt, weight, eps, reduction, denom, shape = saved
+    a = _upstream(g, reduction, denom).reshape(-1)  # (M,) or (1,)
+    at = a * wt if eps == 0.0 else a * ((1 - eps) * wt)
+    p = e / se[:, None]
+    if eps == 0.0:
+        p *= at[:, None]
+    else:
+        c = e.shape[1]
+        total_w = c if weight is None else weight.sum()
+        av = a * (eps / c) if valid is None else a * ((eps / c) * valid)
+        p *= (at + av * total_w)[:, None]
+        p -= av[:, None] if weight is None else av[:, None] * weight
+    # dx = p * sum_c(-dlogp) + dlogp, with dlogp[t] holding the -a (1 - eps) w[t] term
+    # an ignored row's dlogp is 0, so its gradient is 0 too (NaN where its logits or the smoothing
+    # weights are not finite, exactly as PyTorch's log_softmax backward gives)
+    p[np.arange(p.shape[0]), ts] -= at
+    return (_from_rows(p, shape),)
+
+
+@public(
+    "torch.nn.functional.cross_entropy",
+    [
+        case(A((5, 4)), A((5,), 0, 4, kind="int")),
+        case(A((8, 4)), A((8,), 0, 4, kind="int"), ignore_index=3),
+        case(A((6, 4)), A((6,), 0, 4, kind="int"), A((4,), 0.5, 2.0, kind="const")),
+        case(A((6, 3)), A((6,), 0, 3, kind="int"), reduction="sum"),
+        case(A((6, 3)), A((6,), 0, 3, kind="int"), weight=A((3,), 0.5, 2.0, kind="const"), reduction="none"),
+        case(
+            A((8, 4)),
+            A((8,), 0, 4, kind="int"),
+            A((4,), 0.5, 2.0, kind="const"),
+            ignore_index=2,
+            label_smoothing=0.2,
+        ),
+        case(A((8, 4)), A((8,), -1, 4, kind="int"), ignore_index=-1, label_smoothing=0.1, reduction="sum"),
+        case(
+            A((6, 3)),
+            A((6,), 0, 3, kind="int"),
+            A((3,), 0.5, 2.0, kind="const"),
+            ignore_index=1,
+            label_smoothing=0.3,
+            reduction="none",
+        ),
+        case(A((2, 3, 4, 2)), A((2, 4, 2), -1, 3, kind="int"), ignore_index=-1),
+        case(A((2, 3, 4)), A((2, 4), 0, 3, kind="int"), A((3,), 0.5, 2.0, kind="const"), reduction="none"),
+        case(A((5,)), A((), 0, 5, kind="int")),
+        case(A((5, 4), low=-40, high=40), A((5,), 0, 4, kind="int"), label_smoothing=0.05),
+    ],
+)
+def cross_entropy(
+    input: TensorLike,
+    target: TensorLike,
+    weight: TensorLike | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """Softmax cross-entropy of logits input against class indices, as one fused op.
+
+    input (N, C), (C,) with a 0-d target, or (N, C, d1, ...) with target (N, d1, ...). Per element:
+    (1 - eps) * -w[t] log p[t] + eps / C * -sum_c w_c log p_c (eps = label_smoothing), zero where
+    target == ignore_index; "mean" divides the sum by the sum of w[t] over counted elements (as
+    PyTorch). Only class-index targets are supported; weight is a constant.
+    """
+    op = "cross_entropy"
+    x = _float_input(op, input)
+    t, w = _class_target(op, x, target, weight, ignore_index, reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {label_smoothing}")
+    return _CrossEntropy(
+        input,
+        target=t,
+        weight=w,
+        ignore_index=int(ignore_index),
+        reduction=reduction,
+        label_smoothing=float(label_smoothing),
+    )
+
+
+@defop("nll_loss")
+def _NllLoss(
+    x: np.ndarray, *, target: np.ndarray, weight: np.ndarray | None, ignore_index: int, reduction: str
+) -> Any:
+    rows = _to_rows(x)  # (M, C)
+    ts, valid, wt = _target_weights(target, ignore_index, weight, x.dtype)
+    loss = _drop(-rows[np.arange(rows.shape[0]), ts] * wt, valid)
+    denom = wt.sum()
+    out = _reduce(loss.reshape(target.shape), reduction, denom)
+    return out, (ts, valid, wt, reduction, denom, x.shape)
+
+
+@_NllLoss.defbackward
+def _nll_loss_backward(g: np.ndarray, saved: Any) -> Any:
+    ts, valid, wt, reduction, denom, shape = saved
+    a = _upstream(g, reduction, denom).reshape(-1)
+    c = shape[0] if len(shape) == 1 else shape[1]
+    d = np.zeros((ts.shape[0], c), dtype=g.dtype)
+    d[np.arange(ts.shape[0]), ts] = _drop(-(a * wt), valid)
+    return (_from_rows(d, shape),)
+
+
+@public(
+    "torch.nn.functional.nll_loss",
+    [
+        case(A((5, 4), -3.0, 0.0), A((5,), 0, 4, kind="int")),
+        case(
+            A((8, 4), -3.0, 0.0), A((8,), -1, 4, kind="int"), A((4,), 0.5, 2.0, kind="const"), ignore_index=-1
+        ),
+        case(A((6, 3), -3.0, 0.0), A((6,), 0, 3, kind="int"), reduction="sum"),
+        case(A((2, 3, 4), -3.0, 0.0), A((2, 4), -1, 3, kind="int"), ignore_index=-1, reduction="none"),
+        case(A((5,), -3.0, 0.0), A((), 0, 5, kind="int"), weight=A((5,), 0.5, 2.0, kind="const")),
+    ],
+)
+def nll_loss(
+    input: TensorLike,
+    target: TensorLike,
+    weight: TensorLike | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> Tensor:
+    """Negative log-likelihood: -w[t] * input[t] for log-probabilities input and class indices target.
+
+    Shapes and the weighted "mean" as `cross_entropy`; weight is a constant.
+    """
+    x = _float_input("nll_loss", input)
+    t, w = _class_target("nll_loss", x, target, weight, ignore_index, reduction)
+    return _NllLoss(input, target=t, weight=w, ignore_index=int(ignore_index), reduction=reduction)
+
+
+# ----------------------------------------------------------------------------------- regression
+@defop("mse_loss", needs_mask=True)
+def _MseLoss(x: np.ndarray, t: np.ndarray, *, reduction: str) -> Any:
+    d = x - t
+    return _reduce(d * d, reduction), (d, reduction)
+
+
+@_MseLoss.defbackward
+def _mse_loss_backward(g: np.ndarray, saved: Any, needs: tuple[bool, ...]) -> Any:
+    d, reduction = saved
+    gx = d * (2 * _upstream(g, reduction, d.size))
+    return (gx if needs[0] else None), (-gx if needs[1] else None)
+
+
+@public(
+    "torch.nn.functional.mse_loss",
+    [
+        case(A((3, 4)), A((3, 4))),
+        case(A((3, 4)), A((3, 4)), reduction="sum"),
+        case(A((2, 3)), A((2, 3), kind="const"), reduction="none"),
+        case(A(()), A(())),
+    ],
+)
+def mse_loss(input: TensorLike, target: TensorLike, reduction: str = "mean") -> Tensor:
+    """(input - target) ** 2, reduced; target may require grad too.
+
+    Unlike PyTorch (which warns and broadcasts), shapes must be equal.
+    """
+    x = _float_input("mse_loss", input)
+    _check_reduction("mse_loss", reduction)
+    t = _float_target("mse_loss", x, target)
+    if t.shape != x.shape:
+        raise ValueError(f"mse_loss: target shape {t.shape} must equal input shape {x.shape}")
+    return _MseLoss(input, t, reduction=reduction)
+
+
+@defop("binary_cross_entropy_with_logits", needs_mask=True)
+def _BceWithLogits(
+    x: np.ndarray, y: np.ndarray, *, weight: np.ndarray | None, pos_weight: np.ndarray | None, reduction: str
+) -> Any:
+    sp = np.logaddexp(0, -x)  # softplus(-x) = -log sigmoid(x), without overflow
+    lw = None if pos_weight is None else 1 + (pos_weight - 1) * y
+    loss = (1 - y) * x + (sp if lw is None else lw * sp)
+    if weight is not None:
+        loss = loss * weight
+    # softplus(-x) is needed again only for the target's gradient with pos_weight
+    saved_sp = None if pos_weight is None else sp
+    return _reduce(loss, reduction), (x, y, saved_sp, weight, pos_weight, reduction)
+
+
+@_BceWithLogits.defbackward
+def _bce_with_logits_backward(g: np.ndarray, saved: Any, needs: tuple[bool, ...]) -> Any:
+    x, y, sp, weight, pos_weight, reduction = saved
+    a = _upstream(g, reduction, x.size)
+    if weight is not None:
+        a = a * weight
+    gx = gy = None
+    if needs[0]:
+        # d/dx = (1 - y) - lw sigmoid(-x): sigmoid(x) - y without pos_weight, else written as
+        # (1 - y) sigmoid(x) - pos_weight y sigmoid(-x), which cancels nothing at extreme logits
+        if pos_weight is None:
+            gx = a * (special.expit(x) - y)
+        else:
+            gx = a * ((1 - y) * special.expit(x) - pos_weight * y * special.expit(-x))
+    if needs[1]:
+        gy = a * (-x if pos_weight is None else (pos_weight - 1) * sp - x)
+    return gx, gy
+
+
+@public(
+    "torch.nn.functional.binary_cross_entropy_with_logits",
+    [
+        case(A((3, 4), -5.0, 5.0), A((3, 4), 0.0, 1.0)),
+        case(A((3, 4), -5.0, 5.0), A((3, 4), 0.0, 1.0, kind="const"), reduction="sum"),
+        case(
+            A((3, 4), -5.0, 5.0),
+            A((3, 4), 0.0, 1.0),
+            weight=A((4,), 0.5, 2.0, kind="const"),
+            pos_weight=A((4,), 0.5, 3.0, kind="const"),
+        ),
+        case(
+            A((2, 3), -30.0, 30.0),
+            A((2, 3), 0.0, 1.0),
+            pos_weight=A((3,), 0.5, 3.0, kind="const"),
+            reduction="none",
+        ),
+        case(A((5,), -5.0, 5.0), A((5,), 0.0, 1.0), weight=A((5,), 0.5, 2.0, kind="const"), reduction="none"),
+    ],
+)
+def binary_cross_entropy_with_logits(
+    input: TensorLike,
+    target: TensorLike,
+    weight: TensorLike | None = None,
+    reduction: str = "mean",
+    pos_weight: TensorLike | None = None,
+) -> Tensor:
+    """Sigmoid binary cross-entropy of logits, in the stable softplus form; target may require grad.
+
+    Per element: weight * ((1 - y) x + (1 + (pos_weight - 1) y) softplus(-x)). weight and pos_weight
+    are constants broadcasting to the input's shape (pos_weight usually one per class, the last dim).
+    """
+    op = "binary_cross_entropy_with_logits"
+    x = _float_input(op, input)
+    _check_reduction(op, reduction)
+    t = _float_target(op, x, target)
+    if t.shape != x.shape:
+        raise ValueError(f"{op}: target size {t.shape} must be the same as input size {x.shape}")
+    consts: list[np.ndarray | None] = []
+    for name, c in (("weight", weight), ("pos_weight", pos_weight)):
+        if c is None:
+            consts.append(None)
+            continue
+        arr = _data(c)
+        try:
+            ok = np.broadcast_shapes(arr.shape, x.shape) == x.shape
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"{op}: {name} of shape {arr.shape} does not broadcast to the input shape {x.shape}"
+            )
+        consts.append(arr.astype(x.dtype, copy=False))
+    return _BceWithLogits(input, t, weight=consts[0], pos_weight=consts[1], reduction=reduction)
+
+
+@defop("kl_div", broadcasts=True, needs_mask=True)
+def _KlDiv(x: np.ndarray, t: np.ndarray, *, reduction: str, log_target: bool) -> Any:
+    if log_target:
+        et = np.exp(t)
+        loss = et * (t - x)
+    else:
+        et = None
+        loss = special.xlogy(t, t) - t * x  # target 0 contributes 0
+    if reduction == "batchmean":
+        out = _reduce(loss, "mean", x.shape[0] if x.ndim else 1)
+    else:
+        out = _reduce(loss, reduction)
+    return out, (x, t, et, loss.shape, reduction, log_target)
+
+
+@_KlDiv.defbackward
+def _kl_div_backward(g: np.ndarray, saved: Any, needs: tuple[bool, ...]) -> Any:
+    x, t, et, shape, reduction, log_target = saved
+    if reduction == "batchmean":
+        a = _upstream(g, "mean", x.shape[0] if x.ndim else 1)
+    else:
+        a = _upstream(g, reduction, int(np.prod(shape)))
+    gx = gt = None
+    if needs[0]:
+        gx = np.broadcast_to(-(a * (t if et is None else et)), shape)
+    if needs[1]:
+        if log_target:
+            gt = a * (et * (t - x + 1))
+        else:
+            with np.errstate(divide="ignore"):
+                gt = a * (np.log(t) + 1 - x)
+        gt = np.broadcast_to(gt, shape)
+    return gx, gt
+
+
+@public(
+    "torch.nn.functional.kl_div",
+    [
+        case(A((3, 4)), A((3, 4), 0.1, 1.0)),
+        case(A((3, 4)), A((3, 4), 0.1, 1.0), reduction="batchmean"),
+        case(A((3, 4)), A((3, 4), 0.1, 1.0), reduction="sum"),
+        case(A((3, 4)), A((3, 4), 0.1, 1.0), reduction="none"),
+        case(A((3, 4)), A((3, 4)), reduction="batchmean", log_target=True),
+        case(A((2, 3)), A((3,), 0.1, 1.0), reduction="batchmean"),
+        case(A((3,)), A((2, 3)), reduction="none", log_target=True),
+        case(A(()), A((), 0.1, 1.0), reduction="batchmean"),
+    ],
+)
+def kl_div(
+    input: TensorLike, target: TensorLike, reduction: str = "mean", log_target: bool = False
+) -> Tensor:
+    """Pointwise KL divergence with log-probabilities input: target (log target - input), reduced.
+
+    With log_target=False the term is xlogy(target, target) - target * input, so target 0
+    contributes 0. "batchmean" divides the sum by input.shape[0] (the true KL per sample); "mean"
+    divides by the element count. input and target broadcast, as in PyTorch; target may require grad.
+    """
+    op = "kl_div"
+    x = _float_input(op, input)
+    _check_reduction(op, reduction, ("none", "mean", "sum", "batchmean"))
+    t = _float_target(op, x, target)
+    try:
+        np.broadcast_shapes(x.shape, t.shape)
+    except ValueError:
+        raise ValueError(
+            f"kl_div: input of shape {x.shape} and target of shape {t.shape} do not broadcast"
+        ) from None
+    return _KlDiv(input, t, reduction=reduction, log_target=bool(log_target))

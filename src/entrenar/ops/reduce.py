@@ -116,17 +116,20 @@ def mean(input: TensorLike, dim: Dim = None, keepdim: bool = False) -> Tensor:
 
 # --------------------------------------------------------------------------------------- max, min
 @defop("amax")
-def _Amax(x: np.ndarray, *, axes: tuple[int, ...], keepdim: Any, lowest: bool) -> Any:
+def _Amax(x: np.ndarray, *, axes: tuple[int, ...], keepdim: Any, lowest: bool, nan_wins: bool) -> Any:
     reduce = np.minimum.reduce if lowest else np.maximum.reduce
     out = reduce(x, axis=axes, keepdims=keepdim) if x.size else np.asarray(reduce(x, axis=axes))
-    return out, (x, out, axes, keepdim)
+    return out, (x, out, axes, keepdim, nan_wins)
 
 
 @_Amax.defbackward
 def _amax_backward(g: np.ndarray, saved: Any) -> Any:
-    x, out, axes, keepdim = saved
+    x, out, axes, keepdim, nan_wins = saved
     # ties share the gradient evenly, as PyTorch's amax/amin and full max/min do
-    hit = x == _expand(out, x.shape, axes, keepdim)
+    full = _expand(out, x.shape, axes, keepdim)
+    hit = x == full
+    if nan_wins:  # PyTorch's full max()/min() give a NaN result's gradient to the NaN; amax gives NaN
+        hit |= np.isnan(x) & np.isnan(full)
     count = np.add.reduce(hit, axis=axes, keepdims=True).astype(g.dtype)
     return (_expand(g, x.shape, axes, keepdim) * hit / count,)
 
@@ -160,7 +163,7 @@ def _extreme(input: TensorLike, dim: Any, keepdim: bool, lowest: bool, op: str) 
     if dim is None:
         if x.data.size == 0:
             raise RuntimeError(f"{op}: cannot reduce an empty tensor without a dim")
-        return _Amax(x, axes=tuple(range(x.data.ndim)), keepdim=False, lowest=lowest)
+        return _Amax(x, axes=tuple(range(x.data.ndim)), keepdim=False, lowest=lowest, nan_wins=True)
     if isinstance(dim, Tensor):  # torch.max(input, other) is the elementwise maximum
         from entrenar.ops.elementwise import maximum, minimum
 
@@ -207,7 +210,7 @@ def amax(input: TensorLike, dim: Dim = (), keepdim: bool = False) -> Tensor:
     """Largest values over `dim` (all dims when empty); ties share the gradient evenly."""
     x = input if isinstance(input, Tensor) else Tensor(np.asarray(input))
     axes = normalize_dims(dim, x.data.ndim, "amax")
-    return _Amax(x, axes=axes, keepdim=bool(keepdim), lowest=False)
+    return _Amax(x, axes=axes, keepdim=bool(keepdim), lowest=False, nan_wins=False)
 
 
 @public("torch.amin", _AMAX_CASES, methods=("amin",))
@@ -215,7 +218,7 @@ def amin(input: TensorLike, dim: Dim = (), keepdim: bool = False) -> Tensor:
     """Smallest values over `dim` (all dims when empty); ties share the gradient evenly."""
     x = input if isinstance(input, Tensor) else Tensor(np.asarray(input))
     axes = normalize_dims(dim, x.data.ndim, "amin")
-    return _Amax(x, axes=axes, keepdim=bool(keepdim), lowest=True)
+    return _Amax(x, axes=axes, keepdim=bool(keepdim), lowest=True, nan_wins=False)
 
 
 # --------------------------------------------------------------------------------------- var, std
