@@ -232,7 +232,7 @@ class Tensor:
         def __getattr__(self, name: str) -> Any: ...
 
     @property
-    def T(self) -> Tensor:  # noqa: N802 - PyTorch's name
+    def T(self) -> Tensor:
         """Reversed dimensions (`permute(n-1, ..., 0)`)."""
         result: Tensor = self.permute(*reversed(range(self.data.ndim)))
         return result
