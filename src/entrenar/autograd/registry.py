@@ -179,11 +179,7 @@ def defop(
     def register(forward: Callable[..., Any]) -> OpDef:
         if name in OPS:
             raise ValueError(f"op '{name}' is registered twice")
-        backward = _missing_backward
-        if isinstance(forward, type):  # transitional: a class holding forward and backward
-            backward = forward.__dict__["backward"]
-            forward = forward.__dict__["forward"]
-        op = OpDef(name, forward, backward, broadcasts, needs_mask)
+        op = OpDef(name, forward, _missing_backward, broadcasts, needs_mask)
         OPS[name] = op
         return op
 
