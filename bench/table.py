@@ -1,0 +1,40 @@
+"""Print the results bench/run.sh wrote (bench/results/<bench>.<asis|unset>.json) as one table."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from common import RESULTS_DIR
+
+COLUMNS = {
+    "overhead": ("us", "entrenar_us", "torch_us", None),
+    "mlp": ("ms", "entrenar_ms", "torch_ms", "numpy_ms"),
+}
+
+
+def main(benches: list[str]) -> None:
+    print(f"{'benchmark':<10} {'OpenBLAS env':<24} {'kernel':<10} {'entrenar':>12} {'torch':>12} "
+          f"{'numpy':>12} {'ratio':>7} {'goal':>6}")
+    for name in benches:
+        unit, e_key, t_key, n_key = COLUMNS[name]
+        for lab in ("asis", "unset"):
+            path = RESULTS_DIR / f"{name}.{lab}.json"
+            if not path.exists():
+                print(f"{name:<10} {lab:<24} (no results: {path} missing)")
+                continue
+            r = json.loads(path.read_text())
+            env = r["blas"]["env"]
+            env_s = "/".join(str(env.get(k) or "-") for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"))
+            kernels = {p["architecture"] for p in r["blas"]["threadpools"] if p["internal_api"] == "openblas"}
+            kernel = ",".join(sorted(k for k in kernels if k)) or "-"
+            numpy_s = f"{r[n_key]:.3f} {unit}" if n_key else "-"
+            verdict = "ok" if r["ratio"] <= r["goal_ratio"] else "MISS"
+            print(
+                f"{name:<10} {lab + ' ' + env_s:<24} {kernel:<10} {r[e_key]:>9.3f} {unit} "
+                f"{r[t_key]:>9.3f} {unit} {numpy_s:>12} {r['ratio']:>6.2f}x {r['goal_ratio']:>4}x {verdict}"
+            )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or list(COLUMNS))
