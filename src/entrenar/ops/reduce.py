@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from entrenar.autograd.registry import Arg, case, defop, public
+from entrenar.ops.dims import normalize_dim, reduction_axes
 from entrenar.ops.elementwise import sqrt
 from entrenar.tensor import Tensor, TensorLike
 
@@ -18,27 +19,6 @@ __all__ = ["amax", "amin", "logsumexp", "max", "mean", "min", "std", "sum", "var
 
 A = Arg
 Dim = int | tuple[int, ...] | list[int] | None
-
-
-def normalize_dims(dim: Dim, ndim: int, op: str) -> tuple[int, ...]:
-    """`dim` as a sorted tuple of non-negative axes (all axes for None or an empty tuple)."""
-    if dim is None:
-        return tuple(range(ndim))
-    dims = (dim,) if isinstance(dim, (int, np.integer)) else tuple(dim)
-    if not dims:
-        return tuple(range(ndim))
-    out = []
-    span = ndim if ndim > 0 else 1  # a 0-d tensor accepts dim 0 and -1, as in PyTorch
-    for d in dims:
-        if not -span <= d < span:
-            raise IndexError(
-                f"{op}: dim {d} is out of range for a tensor of {ndim} dimension(s) "
-                f"(expected in [{-span}, {span - 1}])"
-            )
-        out.append(int(d) % span)
-    if len(set(out)) != len(out):
-        raise ValueError(f"{op}: dim {dim} names a dimension more than once")
-    return tuple(sorted(out)) if ndim else ()
 
 
 def _expand(g: np.ndarray, shape: tuple[int, ...], axes: tuple[int, ...], keepdim: bool) -> np.ndarray:
@@ -96,7 +76,7 @@ def _mean_backward(g: np.ndarray, saved: Any) -> Any:
 def sum(input: TensorLike, dim: Dim = None, keepdim: bool = False) -> Tensor:
     """Sum over `dim` (all dims when None)."""
     x = input if isinstance(input, Tensor) else Tensor(np.asarray(input))
-    axes = normalize_dims(dim, x.data.ndim, "sum")
+    axes = reduction_axes("sum", dim, x.data.shape)
     return _Sum(x, axes=axes, keepdim=bool(keepdim))
 
 
@@ -110,7 +90,7 @@ def mean(input: TensorLike, dim: Dim = None, keepdim: bool = False) -> Tensor:
     x = input if isinstance(input, Tensor) else Tensor(np.asarray(input))
     if x.data.dtype.kind != "f":
         raise TypeError(f"mean: input dtype should be floating point, got {x.data.dtype}")
-    axes = normalize_dims(dim, x.data.ndim, "mean")
+    axes = reduction_axes("mean", dim, x.data.shape)
     return _Mean(x, axes=axes, keepdim=bool(keepdim))
 
 
@@ -168,7 +148,7 @@ def _extreme(input: TensorLike, dim: Any, keepdim: bool, lowest: bool, op: str) 
         from entrenar.ops.elementwise import maximum, minimum
 
         return minimum(x, dim) if lowest else maximum(x, dim)
-    (d,) = normalize_dims(int(dim), x.data.ndim, op) or (0,)
+    d = normalize_dim(op, dim, x.data.shape)
     data = x.data if x.data.ndim else x.data.reshape(1)
     arg = np.argmin(data, axis=d, keepdims=True) if lowest else np.argmax(data, axis=d, keepdims=True)
     if x.data.ndim == 0:
@@ -209,7 +189,7 @@ _AMAX_CASES = [
 def amax(input: TensorLike, dim: Dim = (), keepdim: bool = False) -> Tensor:
     """Largest values over `dim` (all dims when empty); ties share the gradient evenly."""
     x = input if isinstance(input, Tensor) else Tensor(np.asarray(input))
-    axes = normalize_dims(dim, x.data.ndim, "amax")
+    axes = reduction_axes("amax", dim, x.data.shape)
     return _Amax(x, axes=axes, keepdim=bool(keepdim), lowest=False, nan_wins=False)
 
 
@@ -217,7 +197,7 @@ def amax(input: TensorLike, dim: Dim = (), keepdim: bool = False) -> Tensor:
 def amin(input: TensorLike, dim: Dim = (), keepdim: bool = False) -> Tensor:
     """Smallest values over `dim` (all dims when empty); ties share the gradient evenly."""
     x = input if isinstance(input, Tensor) else Tensor(np.asarray(input))
-    axes = normalize_dims(dim, x.data.ndim, "amin")
+    axes = reduction_axes("amin", dim, x.data.shape)
     return _Amax(x, axes=axes, keepdim=bool(keepdim), lowest=True, nan_wins=False)
 
 
@@ -267,7 +247,7 @@ def var(
 ) -> Tensor:
     """Variance over `dim`, dividing by N - correction (Bessel's correction, 1, by default)."""
     x = input if isinstance(input, Tensor) else Tensor(np.asarray(input))
-    axes = normalize_dims(dim, x.data.ndim, "var")
+    axes = reduction_axes("var", dim, x.data.shape)
     return _Var(x, axes=axes, keepdim=bool(keepdim), correction=_correction(correction, unbiased))
 
 
@@ -312,7 +292,7 @@ def _logsumexp_backward(g: np.ndarray, saved: Any) -> Any:
 def logsumexp(input: TensorLike, dim: Dim, keepdim: bool = False) -> Tensor:
     """log(sum(exp(input))) over `dim`, computed without overflow."""
     x = input if isinstance(input, Tensor) else Tensor(np.asarray(input))
-    axes = normalize_dims(dim, x.data.ndim, "logsumexp")
+    axes = reduction_axes("logsumexp", dim, x.data.shape)
     return _LogSumExp(x, axes=axes, keepdim=bool(keepdim))
 
 
@@ -320,7 +300,7 @@ def _argext(fn: Any) -> Any:
     def method(self: Tensor, dim: int | None = None, keepdim: bool = False) -> Tensor:
         if dim is None:
             return Tensor(np.asarray(fn(self.data), dtype=np.int64))
-        (d,) = normalize_dims(dim, self.data.ndim, fn.__name__)
+        d = normalize_dim(fn.__name__, dim, self.data.shape)
         return Tensor(fn(self.data, axis=d, keepdims=keepdim).astype(np.int64))
 
     return method

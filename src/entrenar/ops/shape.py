@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from entrenar.autograd.registry import Arg, as_tensor, case, defop, public
+from entrenar.ops.dims import is_int as _is_int
+from entrenar.ops.dims import normalize_dim, normalize_dims
 from entrenar.tensor import Tensor, TensorLike
 
 __all__ = [
@@ -40,30 +42,6 @@ Sizes = int | Sequence[int]
 
 def _tensor(x: TensorLike) -> Tensor:
     return x if isinstance(x, Tensor) else as_tensor(x)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _dim(op: str, dim: int, ndim: int, shape: tuple[int, ...]) -> int:
-    """`dim` as a non-negative axis of a tensor of `shape`, or IndexError naming the op and shape."""
-    n = max(ndim, 1)  # a 0-d tensor accepts dims -1 and 0, as in PyTorch
-    if not _is_int(dim):
-        raise TypeError(f"{op}: dim must be an int, got {type(dim).__name__}")
-    if not -n <= dim < n:
-        raise IndexError(
-            f"{op}: dim {dim} is out of range for a tensor of shape {shape} (expected in [{-n}, {n - 1}])"
-        )
-    return int(dim) % n
-
-
-def _dims(op: str, dims: Sequence[int], ndim: int, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Several dims, each normalized; a dim named twice is an error."""
-    out = tuple(_dim(op, d, ndim, shape) for d in dims)
-    if len(set(out)) != len(out):
-        raise ValueError(f"{op}: dims {tuple(dims)} name a dimension twice (tensor shape {shape})")
-    return out
 
 
 def _sizes(op: str, size: Sizes, more: tuple[int, ...]) -> tuple[int, ...]:
@@ -152,8 +130,8 @@ def flatten(input: TensorLike, start_dim: int = 0, end_dim: int = -1) -> Tensor:
     """Merge dims start_dim..end_dim into one (a 0-d input becomes shape (1,))."""
     x = _tensor(input)
     shape = x.data.shape
-    s = _dim("flatten", start_dim, x.data.ndim, shape)
-    e = _dim("flatten", end_dim, x.data.ndim, shape)
+    s = normalize_dim("flatten", start_dim, shape)
+    e = normalize_dim("flatten", end_dim, shape)
     if s > e:
         raise ValueError(f"flatten: start_dim {start_dim} comes after end_dim {end_dim} (shape {shape})")
     new = (*shape[:s], math.prod(shape[s : e + 1]), *shape[e + 1 :])
@@ -179,7 +157,7 @@ def squeeze(input: TensorLike, dim: int | Sequence[int] | None = None) -> Tensor
     if dim is None:
         new = tuple(n for n in shape if n != 1)
     else:
-        dims = _dims("squeeze", (dim,) if _is_int(dim) else tuple(dim), x.data.ndim, shape)  # type: ignore[arg-type]
+        dims = normalize_dims("squeeze", (dim,) if _is_int(dim) else tuple(dim), shape)  # type: ignore[arg-type]
         new = tuple(n for i, n in enumerate(shape) if n != 1 or i not in dims)
     return _Reshape(x, shape=new)
 
@@ -193,7 +171,7 @@ def unsqueeze(input: TensorLike, dim: int) -> Tensor:
     """Insert a size-1 dim at dim (a negative dim counts from the end: dim + ndim + 1)."""
     x = _tensor(input)
     shape = x.data.shape
-    d = _dim("unsqueeze", dim, x.data.ndim + 1, shape)
+    d = normalize_dim("unsqueeze", dim, shape, ndim=x.data.ndim + 1)
     return _Reshape(x, shape=(*shape[:d], 1, *shape[d:]))
 
 
@@ -217,7 +195,7 @@ def permute(input: TensorLike, dims: Sizes, *more: int) -> Tensor:
     """input with its dims reordered: output dim i is input dim dims[i]."""
     x = _tensor(input)
     shape = x.data.shape
-    order = _dims("permute", _sizes("permute", dims, more), x.data.ndim, shape)
+    order = normalize_dims("permute", _sizes("permute", dims, more), shape)
     if len(order) != x.data.ndim:
         raise ValueError(f"permute: dims {order} do not match the {x.data.ndim} dims of shape {shape}")
     return _Permute(x, dims=order)
@@ -233,7 +211,7 @@ def transpose(input: TensorLike, dim0: int, dim1: int) -> Tensor:
     x = _tensor(input)
     shape = x.data.shape
     order = list(range(x.data.ndim))
-    a, b = _dim("transpose", dim0, x.data.ndim, shape), _dim("transpose", dim1, x.data.ndim, shape)
+    a, b = normalize_dim("transpose", dim0, shape), normalize_dim("transpose", dim1, shape)
     if x.data.ndim:
         order[a], order[b] = order[b], order[a]
     return _Permute(x, dims=tuple(order))
@@ -397,7 +375,7 @@ def narrow(input: TensorLike, dim: int, start: int, length: int) -> Tensor:
     """The slice start:start+length of input along dim (a view; a negative start counts from the end)."""
     x = _tensor(input)
     shape = x.data.shape
-    d = _dim("narrow", dim, x.data.ndim, shape)
+    d = normalize_dim("narrow", dim, shape)
     n = shape[d] if shape else 1
     s = start + n if start < 0 else start
     if not (0 <= s <= n and length >= 0 and s + length <= n):
@@ -452,7 +430,7 @@ def cat(tensors: Sequence[TensorLike], dim: int = 0) -> Tensor:
     ref = shapes[0]
     if not ref:
         raise ValueError(f"cat: zero-dimensional tensors cannot be concatenated (shapes {shapes})")
-    d = _dim("cat", dim, len(ref), ref)
+    d = normalize_dim("cat", dim, ref)
     for s in shapes:
         if len(s) != len(ref) or s[:d] != ref[:d] or s[d + 1 :] != ref[d + 1 :]:
             raise ValueError(f"cat: sizes must match except in dim {d}; got shapes {shapes}")
@@ -474,7 +452,7 @@ def stack(tensors: Sequence[TensorLike], dim: int = 0) -> Tensor:
     shapes = [t.data.shape for t in ts]
     if any(s != shapes[0] for s in shapes):
         raise ValueError(f"stack: expects tensors of equal shape, got shapes {shapes}")
-    d = _dim("stack", dim, len(shapes[0]) + 1, shapes[0])
+    d = normalize_dim("stack", dim, shapes[0], ndim=len(shapes[0]) + 1)
     return _Stack(*ts, dim=d)
 
 
@@ -505,7 +483,7 @@ def split(
     """Views of pieces along dim: of one size (the last may be smaller), or of the given sizes."""
     x = _tensor(tensor)
     shape = x.data.shape
-    d = _dim("split", dim, x.data.ndim, shape)
+    d = normalize_dim("split", dim, shape)
     n = shape[d]
     if _is_int(split_size_or_sections):
         size = int(split_size_or_sections)  # type: ignore[arg-type]
@@ -534,7 +512,7 @@ def chunk(input: TensorLike, chunks: int, dim: int = 0) -> tuple[Tensor, ...]:
     """Up to `chunks` views along dim, each ceil(n / chunks) long (the last may be shorter, or fewer)."""
     x = _tensor(input)
     shape = x.data.shape
-    d = _dim("chunk", dim, x.data.ndim, shape)
+    d = normalize_dim("chunk", dim, shape)
     if not _is_int(chunks) or chunks <= 0:
         raise ValueError(f"chunk: chunks must be a positive int, got {chunks!r}")
     n = shape[d]
@@ -586,7 +564,7 @@ def gather(input: TensorLike, dim: int, index: TensorLike) -> Tensor:
         raise TypeError(f"gather: index must be an integer tensor, got dtype {idx.dtype}")
     if idx.ndim != x.data.ndim:
         raise ValueError(f"gather: index (shape {idx.shape}) must have as many dims as input (shape {shape})")
-    d = _dim("gather", dim, x.data.ndim, shape)
+    d = normalize_dim("gather", dim, shape)
     if not shape:  # a 0-d input: gather from its one-element 1-d view
         return reshape(gather(reshape(x, (1,)), 0, idx.reshape(1)), ())
     for k, (ni, nx) in enumerate(zip(idx.shape, shape, strict=True)):
