@@ -72,6 +72,15 @@ class Module:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # a registered buffer stays a Tensor (or None): an ndarray assigned to it is wrapped, not kept bare
+        if name in self.__dict__.get("_buffers", ()) and value is not None and not isinstance(value, Tensor):
+            if not isinstance(value, np.ndarray):
+                kind = type(value).__name__
+                raise TypeError(f"cannot assign {kind} as buffer '{name}' (Tensor, ndarray or None expected)")
+            value = Tensor(value)
+        object.__setattr__(self, name, value)
+
     # ------------------------------------------------------------------------------ discovery
     def _check_init(self) -> None:
         if "_buffers" not in self.__dict__:
@@ -144,6 +153,10 @@ class Module:
                 if value is not None:
                     yield (f"{mod_name}.{name}" if mod_name else name), value
 
+    def buffers(self) -> Iterator[Tensor]:
+        for _, b in self.named_buffers():
+            yield b
+
     # ------------------------------------------------------------------------------ state
     def state_dict(self) -> OrderedDict[str, np.ndarray]:
         """Dotted name -> array for every parameter and persistent buffer (the arrays themselves)."""
@@ -166,7 +179,8 @@ class Module:
         """Copy arrays into this module's parameters and buffers by name.
 
         strict=True raises KeyError listing every missing and unexpected key; a shape mismatch is
-        always a ValueError naming the key and both shapes. Nothing is changed when it raises.
+        always a ValueError naming the key and both shapes, and an array that cannot be cast to the
+        parameter's dtype (same kind) a TypeError. Nothing is changed when it raises.
         """
         own: dict[str, Tensor] = {}
         for mod_name, module in self.named_modules():
@@ -183,15 +197,20 @@ class Module:
         missing = [keys[0] for keys in by_id.values() if not any(k in state_dict for k in keys)]
         unexpected = [k for k in state_dict if k not in own]
         problems = []
+        bad_dtypes = []
         for key, value in state_dict.items():
             if key in own:
                 arr = value.data if isinstance(value, Tensor) else np.asarray(value)
                 if arr.shape != own[key].data.shape:
                     problems.append(f"{key}: expected shape {own[key].data.shape}, got {arr.shape}")
+                elif not np.can_cast(arr.dtype, own[key].data.dtype, casting="same_kind"):
+                    bad_dtypes.append(f"{key}: cannot copy dtype {arr.dtype} into {own[key].data.dtype}")
         if problems:
             raise ValueError(
                 f"load_state_dict for {type(self).__name__}: size mismatch for " + "; ".join(problems)
             )
+        if bad_dtypes:
+            raise TypeError(f"load_state_dict for {type(self).__name__}: " + "; ".join(bad_dtypes))
         if strict and (missing or unexpected):
             parts = []
             if missing:
@@ -242,12 +261,15 @@ class Module:
         return ""
 
     def __repr__(self) -> str:
-        lines = []
-        for name, child in self.named_children():
-            body = repr(child).replace("\n", "\n  ")
-            lines.append(f"  ({name}): {body}")
+        """As PyTorch's: a one-line extra_repr inline, otherwise one line per extra line and child."""
         extra = self.extra_repr()
-        if not lines:
-            return f"{type(self).__name__}({extra})"
-        head = f"{type(self).__name__}({extra}" if extra else f"{type(self).__name__}("
-        return head + "\n" + "\n".join(lines) + "\n)"
+        extra_lines = extra.split("\n") if extra else []
+        child_lines = [
+            f"({name}): " + repr(child).replace("\n", "\n  ") for name, child in self.named_children()
+        ]
+        head = f"{type(self).__name__}("
+        if len(extra_lines) == 1 and not child_lines:
+            return head + extra_lines[0] + ")"
+        if not extra_lines and not child_lines:
+            return head + ")"
+        return head + "\n  " + "\n  ".join(extra_lines + child_lines) + "\n)"
