@@ -4,7 +4,7 @@ A tape-based autograd on NumPy whose every gradient is checked, PyTorch-named op
 and LoRA/QLoRA fine-tuning on an ordinary CPU.
 """
 
-from entrenar import functional
+from entrenar import functional, nn, optim
 from entrenar.autograd.gradcheck import GradcheckError, gradcheck
 from entrenar.autograd.tape import enable_grad, is_grad_enabled, no_grad, set_grad_enabled
 from entrenar.tensor import Tensor, tensor
@@ -18,7 +18,9 @@ __all__ = [
     "functional",
     "gradcheck",
     "is_grad_enabled",
+    "nn",
     "no_grad",
+    "optim",
     "set_grad_enabled",
     "tensor",
 ]

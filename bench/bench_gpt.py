@@ -1,0 +1,202 @@
+"""One AdamW training step of a GPT-style LM: 2 pre-LN layers, d_model 256, 4 heads, ff 1024, T 128,
+batch 8, vocab 1000, tied embeddings, float32.
+
+entrenar (`entrenar.nn.GPT` + `entrenar.optim.AdamW`) against the same architecture written with
+torch.nn modules + `torch.optim.AdamW`, both from the same initial weights (entrenar's GPT-2 init,
+copied by parameter name); forward + backward + update. Prints ms/step, tokens/s, the ratio, and a
+cProfile top-15 of the entrenar step. Goal: entrenar at most 0.8x PyTorch's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+from typing import Any
+
+import numpy as np
+from common import label, measure, numpy_blas_threads, print_header, require_torch, write_results
+
+from entrenar.nn.gpt import GPT, GPTConfig
+from entrenar.optim import AdamW
+
+GOAL = 0.8
+CONFIG = GPTConfig(vocab_size=1000, block_size=128, n_layer=2, n_head=4, n_embd=256, d_ff=1024)
+BATCH, SEQ = 8, 128
+LR, WEIGHT_DECAY = 3e-4, 0.01
+
+
+class EntrenarStep:
+    def __init__(self, model: GPT, x: np.ndarray, y: np.ndarray) -> None:
+        self.model = model
+        self.opt = AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+        self.x, self.y = x, y
+
+    def step(self) -> float:
+        _, loss = self.model(self.x, self.y)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return float(loss.item())
+
+
+def torch_gpt(torch: Any) -> Any:
+    """The same GPT as torch.nn modules, with our parameter names (so state dicts match key for key)."""
+    nn, F = torch.nn, torch.nn.functional
+    c = CONFIG
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q_proj, self.k_proj = nn.Linear(c.n_embd, c.n_embd), nn.Linear(c.n_embd, c.n_embd)
+            self.v_proj, self.o_proj = nn.Linear(c.n_embd, c.n_embd), nn.Linear(c.n_embd, c.n_embd)
+
+        def forward(self, x: Any) -> Any:
+            B, T, C = x.shape
+
+            def heads(h: Any) -> Any:  # (B, T, C) -> (B, H, T, D)
+                return h.view(B, T, c.n_head, C // c.n_head).transpose(1, 2)
+
+            a = F.scaled_dot_product_attention(
+                heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x)), is_causal=True
+            )
+            return self.o_proj(a.transpose(1, 2).reshape(B, T, C))  # (B, H, T, D) -> (B, T, C)
+
+    class MLP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(c.n_embd, c.ff_dim), nn.Linear(c.ff_dim, c.n_embd)
+
+        def forward(self, x: Any) -> Any:
+            return self.fc2(F.gelu(self.fc1(x)))
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln_1, self.attn = nn.LayerNorm(c.n_embd), Attention()
+            self.ln_2, self.mlp = nn.LayerNorm(c.n_embd), MLP()
+
+        def forward(self, x: Any) -> Any:
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class TorchGPT(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wte, self.wpe = nn.Embedding(c.vocab_size, c.n_embd), nn.Embedding(c.block_size, c.n_embd)
+            self.blocks = nn.ModuleList(Block() for _ in range(c.n_layer))
+            self.ln_f = nn.LayerNorm(c.n_embd)
+            self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+            self.lm_head.weight = self.wte.weight
+
+        def forward(self, idx: Any, targets: Any) -> Any:
+            T = idx.shape[1]
+            x = self.wte(idx) + self.wpe(torch.arange(T))
+            for block in self.blocks:
+                x = block(x)
+            logits = self.lm_head(self.ln_f(x))  # (B, T, C) -> (B, T, V)
+            return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+
+    return TorchGPT()
+
+
+class TorchStep:
+    def __init__(self, torch: Any, init: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> None:
+        self.model = torch_gpt(torch)
+        # entrenar saves the tied lm_head.weight once, as wte.weight: torch expects it under both names
+        state = {k: torch.from_numpy(v.copy()) for k, v in init.items()}
+        self.model.load_state_dict({**state, "lm_head.weight": state["wte.weight"]})
+        assert self.model.lm_head.weight is self.model.wte.weight
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+        self.x, self.y = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step(self) -> float:
+        loss = self.model(self.x, self.y)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return float(loss.item())
+
+
+def profile_top(fn: Any, steps: int, top: int = 15) -> str:
+    """cProfile of `steps` calls of fn: the `top` functions by own time (tottime)."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        fn()
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=15, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per framework")
+    parser.add_argument("--profile-steps", type=int, default=10, help="entrenar steps under cProfile")
+    parser.add_argument("--label", default=None, help="results name suffix (default: asis/unset)")
+    args = parser.parse_args()
+    torch = require_torch()
+    torch.set_num_threads(numpy_blas_threads())
+    c = CONFIG
+    info = print_header(
+        f"GPT LM {c.n_layer} layers, d {c.n_embd}, {c.n_head} heads, ff {c.ff_dim}, T {SEQ}, batch {BATCH}, "
+        f"vocab {c.vocab_size}, float32: one AdamW step"
+    )
+
+    rng = np.random.default_rng(0)
+    model = GPT(c, dtype=np.float32, generator=np.random.default_rng(1))
+    init = {k: v.copy() for k, v in model.state_dict().items()}
+    tokens = rng.integers(0, c.vocab_size, (BATCH, SEQ + 1))
+    x, y = tokens[:, :-1].copy(), tokens[:, 1:].copy()
+    runs = {"entrenar": EntrenarStep(model, x, y), "torch": TorchStep(torch, init, x, y)}
+
+    # Both must train alike before either is timed: same losses over a few steps.
+    losses = {k: [r.step() for _ in range(3)] for k, r in runs.items()}
+    np.testing.assert_allclose(
+        losses["entrenar"], losses["torch"], rtol=1e-4, err_msg="entrenar vs torch losses"
+    )
+
+    samples: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(args.rounds):
+        for k, r in runs.items():
+            samples[k].append(measure(r.step, repeats=args.repeats, warmup=2).median_ms)
+    ms = {k: float(np.median(v)) for k, v in samples.items()}
+    ratio = ms["entrenar"] / ms["torch"]
+    tok = {k: BATCH * SEQ / (v / 1e3) for k, v in ms.items()}
+    print(f"   torch {torch.__version__}, torch threads {torch.get_num_threads()}")
+    for k in runs:
+        print(f"   {k:<9} {ms[k]:8.2f} ms/step  {tok[k]:9.0f} tokens/s  ({ms[k] / ms['torch']:.2f}x torch)")
+    verdict = "meets" if ratio <= GOAL else "misses"
+    print(f"   ratio entrenar/torch {ratio:.2f}x ({verdict} the goal <= {GOAL}x)")
+
+    profile = profile_top(runs["entrenar"].step, args.profile_steps)
+    print(f"\n   cProfile of {args.profile_steps} entrenar steps, top 15 by tottime:")
+    print(profile)
+    write_results(
+        f"gpt.{args.label or label()}",
+        {
+            "benchmark": "gpt",
+            "workload": (
+                f"GPT LM {c.n_layer}x d{c.n_embd} h{c.n_head} ff{c.ff_dim}, T {SEQ}, batch {BATCH}, "
+                f"vocab {c.vocab_size}, tied, float32, AdamW step"
+            ),
+            "entrenar_ms": ms["entrenar"],
+            "torch_ms": ms["torch"],
+            "entrenar_tokens_per_s": tok["entrenar"],
+            "torch_tokens_per_s": tok["torch"],
+            "ratio": ratio,
+            "goal_ratio": GOAL,
+            "torch_version": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "blas": info,
+            "round_medians_ms": samples,
+            "profile_top15": profile,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,9 @@
+"""Test-session settings shared by every test file."""
+
+from __future__ import annotations
+
+from threadpoolctl import threadpool_limits
+
+# pytest runs two workers on this two-core machine; a BLAS pool of two threads in each would
+# oversubscribe the cores and make small matrix products many times slower. One thread each.
+_BLAS_LIMIT = threadpool_limits(limits=1)
