@@ -10,6 +10,7 @@ from common import RESULTS_DIR
 COLUMNS = {
     "overhead": ("us", "entrenar_us", "torch_us", None),
     "mlp": ("ms", "entrenar_ms", "torch_ms", "numpy_ms"),
+    "optim": ("ms", "entrenar_ms", "torch_ms", "numpy_ms"),
     "gpt": ("ms", "entrenar_ms", "torch_ms", None),
 }
 

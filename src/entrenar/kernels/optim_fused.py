@@ -1,0 +1,351 @@
+"""Fused optimizer updates: `sgd_step` and `adam_step` as one compiled pass over memory per parameter.
+
+Same signatures, semantics and errors as `optim_reference` (torch.optim's single-tensor arithmetic),
+for C-contiguous float32 / float64 arrays, in place. Where the reference makes a NumPy temporary for
+every term of the update (about ten passes over the parameter's memory for Adam), these kernels read
+each element of param, grad and the state once and write param and the state once. The updates,
+with g = -grad if maximize else grad::
+
+    SGD   g = g + weight_decay * param                       (if weight_decay != 0)
+          b = g  (first step)  or  b = momentum * b + (1 - dampening) * g        (if momentum != 0)
+          g = g + momentum * b  if nesterov  else  b                            (if momentum != 0)
+          param = param - lr * g
+
+    Adam  param = param * (1 - lr * weight_decay)             (decoupled, AdamW, if weight_decay != 0)
+          g = g + weight_decay * param                        (L2, Adam, if weight_decay != 0)
+          m = m + w * (g - m),  w = 1 - beta1                 (torch's lerp; g - (g - m) * (1 - w)
+                                                               when w >= 0.5, as the reference)
+          v = beta2 * v + (1 - beta2) * g * g
+          v_max = max(v_max, v)                               (amsgrad, NaN-propagating; replaces v below)
+          param = param - (lr / (1 - beta1**step)) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
+
+Equal to the reference bit for bit. Every operation is done in the arrays' dtype, in the reference's
+order, with its scalars rounded to that dtype exactly as NumPy rounds a Python float meeting a float32
+array (hyper-parameters are Python floats, as the optimizers pass them; a float64 NumPy scalar would
+make the reference compute some terms in float64). The kernels are compiled WITHOUT fastmath, so
+LLVM neither fuses a multiply-add nor turns a division into a reciprocal multiply. Fastmath buys
+nothing here: the update is memory-bound (Adam moves 28 bytes per float32 element) and the loop
+vectorizes without it; measured with it, AdamW over 10M float32 parameters took the same time and,
+after 20 steps, 1.6% of the parameters differed from the reference, by up to 9e-5 relative.
+
+Threads: arrays of at least `PARALLEL_MIN_SIZE` elements are split over numba's threads (its
+default is the CPUs this process may run on; `NUMBA_NUM_THREADS` or `numba.set_num_threads` change
+it); smaller ones run on the calling thread, where starting the pool would cost more than the work.
+
+Compilation is lazy: numba is imported on the first call (not with entrenar), and each of the four
+loops (SGD and Adam; one thread and prange) is compiled once per dtype it meets, float32 or float64,
+and cached on disk next to this file (numba's `cache=True`, in __pycache__), so only the first run
+after an install or an edit pays for it (a few seconds per loop and dtype).
+
+Without numba (or with `NUMBA_DISABLE_JIT` set), `available()` is False, `unavailable_reason()` says
+why, and the step functions raise RuntimeError: the caller uses `optim_reference` instead. Arrays
+that these kernels do not take (another dtype, mixed dtypes, not C-contiguous, read-only state) are
+rejected with a TypeError or ValueError naming the argument; `supports()` asks first.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, cast
+
+import numpy as np
+
+__all__ = ["PARALLEL_MIN_SIZE", "adam_step", "available", "sgd_step", "supports", "unavailable_reason"]
+
+# Below this many elements one thread is as fast or faster: waking numba's pool costs a few microseconds,
+# as much as updating 16k-32k float32 elements in cache (`bench/bench_optim.py --sizes`, 2 threads).
+PARALLEL_MIN_SIZE = 1 << 15
+
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# numba costs about a second to import, so it is imported, and the kernels compiled (or loaded from
+# the disk cache), on the first call that needs them, not when entrenar is imported.
+_state: dict[str, Any] = {}  # "reason": str | None once loaded
+_lock = threading.Lock()
+
+# The loops below call these names; `_load` rebinds each to its compiled version (numba resolves a
+# function's globals when it compiles it), so the plain-Python definitions are only numba's input.
+prange: Callable[..., Any] = range
+
+
+def _load() -> str | None:
+    """Import numba and compile the kernels once; the reason they are unavailable, or None."""
+    if "reason" in _state:
+        return cast("str | None", _state["reason"])
+    with _lock:
+        if "reason" not in _state:
+            _state["reason"] = _compile_all()
+    return cast("str | None", _state["reason"])
+
+
+def _compile_all() -> str | None:
+    try:
+        import numba
+    except (ImportError, OSError) as exc:  # OSError: llvmlite's shared library failed to load
+        return f"numba cannot be imported ({type(exc).__name__}: {exc})"
+    if vars(numba.config).get("DISABLE_JIT"):  # set from NUMBA_DISABLE_JIT when numba is imported
+        return "NUMBA_DISABLE_JIT is set: the kernels would run as (very slow) Python"
+    g = globals()
+    g["prange"] = numba.prange
+    for name, parallel in (
+        ("_sgd_element", False), ("_adam_element", False),
+        ("_sgd_serial", False), ("_sgd_parallel", True), ("_adam_serial", False), ("_adam_parallel", True),
+    ):  # fmt: skip
+        # error_model="numpy": a float division by zero gives inf/nan as in NumPy instead of raising,
+        # which also keeps that check's branch out of the loop. No fastmath (see the module docstring).
+        opts: dict[str, Any] = {"error_model": "numpy", "parallel": parallel}
+        try:
+            g[name] = numba.njit(cache=True, **opts)(g[name])
+        except RuntimeError:  # no writable cache location (read-only install, no home): compile each run
+            g[name] = numba.njit(cache=False, **opts)(g[name])
+    return None
+
+
+def available() -> bool:
+    """True when the fused kernels can run: numba imports and JIT compilation is on.
+
+    The first call imports numba (about a second); compilation itself happens per dtype on first use.
+    """
+    return _load() is None
+
+
+def unavailable_reason() -> str | None:
+    """Why `available()` is False, or None when it is True."""
+    return _load()
+
+
+# ---- element updates: the reference's arithmetic for one element, shared by the loops ---------------
+# c: the scalars, rounded to the arrays' dtype, in the order sgd_step / adam_step put them in `cs`. The
+# loops copy them from that array into a tuple first: LLVM cannot prove that the stores to the
+# parameter leave the array alone, so it would reload every scalar per element and not vectorize.
+
+
+def _sgd_element(
+    p: Any, g: Any, b: Any, c: Any, has_momentum: bool, first: bool, nesterov: bool, maximize: bool,
+    use_wd: bool,
+) -> tuple[Any, Any]:  # fmt: skip
+    if maximize:
+        g = -g
+    if use_wd:
+        g = g + c[0] * p  # weight_decay
+    if has_momentum:
+        b = g if first else b * c[1] + c[2] * g  # momentum, 1 - dampening
+        g = g + c[1] * b if nesterov else b
+    return p + c[3] * g, b  # -lr
+
+
+def _adam_element(
+    p: Any, g: Any, m: Any, v: Any, vmax: Any, c: Any, amsgrad: bool, maximize: bool, decay: bool,
+    use_l2: bool, lerp_small: bool,
+) -> tuple[Any, Any, Any, Any]:  # fmt: skip
+    if maximize:
+        g = -g
+    if decay:
+        p = p * c[0]  # 1 - lr * weight_decay
+    if use_l2:
+        g = g + c[1] * p  # weight_decay
+    m = m + c[2] * (g - m) if lerp_small else g - (g - m) * c[3]  # w = 1 - beta1, 1 - w
+    v = v * c[4] + c[5] * g * g  # beta2, 1 - beta2
+    if amsgrad:
+        vmax = vmax if (vmax >= v or vmax != vmax) else v  # np.maximum: a NaN on either side wins
+        d = vmax
+    else:
+        d = v
+    return p + c[6] * m / (np.sqrt(d) / c[7] + c[8]), m, v, vmax  # -step_size, sqrt(bc2), eps
+
+
+# ---- loops: one pass per array; prange only for arrays worth waking the thread pool for ------------
+# Without momentum (amsgrad) the buffer argument is a stand-in that is neither read nor written.
+
+
+def _sgd_serial(p: Any, g: Any, b: Any, cs: Any, has_momentum: bool, *flags: bool) -> None:
+    c = (cs[0], cs[1], cs[2], cs[3])
+    for i in range(p.size):
+        if has_momentum:
+            p[i], b[i] = _sgd_element(p[i], g[i], b[i], c, True, *flags)
+        else:
+            p[i] = _sgd_element(p[i], g[i], p[i], c, False, *flags)[0]
+
+
+def _sgd_parallel(p: Any, g: Any, b: Any, cs: Any, has_momentum: bool, *flags: bool) -> None:
+    c = (cs[0], cs[1], cs[2], cs[3])
+    for i in prange(p.size):
+        if has_momentum:
+            p[i], b[i] = _sgd_element(p[i], g[i], b[i], c, True, *flags)
+        else:
+            p[i] = _sgd_element(p[i], g[i], p[i], c, False, *flags)[0]
+
+
+def _adam_serial(p: Any, g: Any, m: Any, v: Any, vmax: Any, cs: Any, amsgrad: bool, *flags: bool) -> None:
+    c = (cs[0], cs[1], cs[2], cs[3], cs[4], cs[5], cs[6], cs[7], cs[8])
+    for i in range(p.size):
+        if amsgrad:
+            p[i], m[i], v[i], vmax[i] = _adam_element(p[i], g[i], m[i], v[i], vmax[i], c, True, *flags)
+        else:
+            p[i], m[i], v[i] = _adam_element(p[i], g[i], m[i], v[i], v[i], c, False, *flags)[:3]
+
+
+def _adam_parallel(p: Any, g: Any, m: Any, v: Any, vmax: Any, cs: Any, amsgrad: bool, *flags: bool) -> None:
+    c = (cs[0], cs[1], cs[2], cs[3], cs[4], cs[5], cs[6], cs[7], cs[8])
+    for i in prange(p.size):
+        if amsgrad:
+            p[i], m[i], v[i], vmax[i] = _adam_element(p[i], g[i], m[i], v[i], vmax[i], c, True, *flags)
+        else:
+            p[i], m[i], v[i] = _adam_element(p[i], g[i], m[i], v[i], v[i], c, False, *flags)[:3]
+
+
+# ---- checks and entry points ----------------------------------------------------------------------
+
+
+def _require_available() -> None:
+    reason = _load()
+    if reason is not None:
+        raise RuntimeError(f"the fused optimizer kernels are unavailable: {reason}; "
+                           "use entrenar.kernels.optim_reference")
+
+
+def _check(name: str, arr: Any, param: np.ndarray, *, written: bool) -> None:
+    """The reference's checks (ndarray, the parameter's shape), then what the kernels need."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name} must be an ndarray, got {type(arr).__name__}")
+    if arr.shape != param.shape:
+        raise ValueError(f"{name} has shape {arr.shape}, expected the parameter's shape {param.shape}")
+    if arr.dtype != param.dtype:
+        raise TypeError(f"{name} is {arr.dtype}, the parameter is {param.dtype}: the fused kernels "
+                        "need one dtype")
+    if not arr.flags.c_contiguous:
+        raise ValueError(f"{name} is not C-contiguous: the fused kernels take C-contiguous arrays only")
+    if written and not arr.flags.writeable:
+        raise ValueError(f"{name} is read-only; the update writes it in place")
+
+
+def _check_param(param: Any) -> None:
+    if not isinstance(param, np.ndarray):
+        raise TypeError(f"param must be an ndarray, got {type(param).__name__}")
+    if param.dtype not in _DTYPES:
+        raise TypeError(f"param is {param.dtype}: the fused kernels take float32 or float64")
+    _check("param", param, param, written=True)
+
+
+def supports(param: Any, grad: Any, *state: Any) -> bool:
+    """Whether the kernels take these arrays: float32/float64 ndarrays of one dtype and shape, all
+    C-contiguous, param and state writeable (None entries in `state` are skipped), and numba works."""
+    if _load() is not None or not isinstance(param, np.ndarray) or param.dtype not in _DTYPES:
+        return False
+    try:
+        _check("param", param, param, written=True)
+        _check("grad", grad, param, written=False)
+        for i, s in enumerate(state):
+            if s is not None:
+                _check(f"state[{i}]", s, param, written=True)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def sgd_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    momentum_buffer: np.ndarray | None,
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    weight_decay: float,
+    maximize: bool,
+    first_step: bool,
+) -> None:
+    """One SGD step on `param` (and `momentum_buffer`), in place, as `optim_reference.sgd_step`.
+
+    With g = -grad if maximize else grad::
+
+        g = g + weight_decay * param                        (if weight_decay != 0)
+        b = g                                               (if momentum != 0, first step)
+        b = momentum * b + (1 - dampening) * g              (if momentum != 0, later steps)
+        g = g + momentum * b  if nesterov  else  g = b      (if momentum != 0)
+        param = param - lr * g
+
+    `grad` is not modified. Raises RuntimeError when numba is unavailable; TypeError / ValueError for
+    arrays the kernel does not take (see `supports`) and for what the reference rejects.
+    """
+    _require_available()
+    _check_param(param)
+    _check("grad", grad, param, written=False)
+    has_momentum = momentum != 0
+    if has_momentum:
+        if momentum_buffer is None:
+            raise ValueError("sgd_step: momentum != 0 needs a momentum_buffer shaped like the parameter")
+        _check("momentum_buffer", momentum_buffer, param, written=True)
+    if param.size == 0:
+        return
+    # The scalars as the reference forms them in Python floats, rounded to the dtype once (as NumPy
+    # rounds a Python float meeting a float32 array); one small array is cheaper to pass than four.
+    cs = np.array((weight_decay, momentum, 1 - dampening, -lr), dtype=param.dtype)
+    kernel = _sgd_parallel if param.size >= PARALLEL_MIN_SIZE else _sgd_serial
+    b = param if momentum_buffer is None or not has_momentum else momentum_buffer  # param: a stand-in
+    # reshape(-1) of a C-contiguous array (0-d included) is a view: the kernel writes the caller's memory
+    kernel(param.reshape(-1), grad.reshape(-1), b.reshape(-1), cs, has_momentum,
+           bool(first_step), bool(nesterov), bool(maximize), weight_decay != 0)
+
+
+def adam_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    max_exp_avg_sq: np.ndarray | None,
+    *,
+    step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+    amsgrad: bool,
+    maximize: bool,
+) -> None:
+    """One Adam / AdamW step on `param` and the moment arrays, in place, as `optim_reference.adam_step`.
+
+    `step` is the 1-based count of this step (already incremented). With g = -grad if maximize else
+    grad::
+
+        param = param * (1 - lr * weight_decay)           (decoupled, AdamW, if weight_decay != 0)
+        g = g + weight_decay * param                      (L2, Adam, if weight_decay != 0)
+        m = m + (1 - beta1) * (g - m)                     (torch's lerp: m.lerp_(g, 1 - beta1))
+        v = beta2 * v + (1 - beta2) * g * g
+        v_max = max(v_max, v)                             (amsgrad; then v_max replaces v below)
+        denom = sqrt(v) / sqrt(1 - beta2 ** step) + eps
+        param = param - (lr / (1 - beta1 ** step)) * m / denom
+
+    `grad` is not modified. Raises RuntimeError when numba is unavailable; TypeError / ValueError for
+    arrays the kernel does not take (see `supports`) and for what the reference rejects.
+    """
+    _require_available()
+    _check_param(param)
+    _check("grad", grad, param, written=False)
+    _check("exp_avg", exp_avg, param, written=True)
+    _check("exp_avg_sq", exp_avg_sq, param, written=True)
+    if step < 1:
+        raise ValueError(f"adam_step: step must be the 1-based count of this step, got {step}")
+    if amsgrad:
+        if max_exp_avg_sq is None:
+            raise ValueError("adam_step: amsgrad needs a max_exp_avg_sq array shaped like the parameter")
+        _check("max_exp_avg_sq", max_exp_avg_sq, param, written=True)
+    if param.size == 0:
+        return
+    w = 1 - beta1
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    step_size = lr / bias_correction1
+    cs = np.array((1 - lr * weight_decay, weight_decay, w, 1 - w, beta2, 1 - beta2, -step_size,
+                  bias_correction2**0.5, eps), dtype=param.dtype)  # as in sgd_step
+    kernel = _adam_parallel if param.size >= PARALLEL_MIN_SIZE else _adam_serial
+    vmax = exp_avg_sq if max_exp_avg_sq is None or not amsgrad else max_exp_avg_sq  # v: a stand-in
+    use_wd = weight_decay != 0
+    kernel(param.reshape(-1), grad.reshape(-1), exp_avg.reshape(-1), exp_avg_sq.reshape(-1),
+           vmax.reshape(-1), cs, bool(amsgrad), bool(maximize), use_wd and bool(decoupled),
+           use_wd and not decoupled, abs(w) < 0.5)
+
