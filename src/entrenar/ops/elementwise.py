@@ -13,6 +13,7 @@ import numpy as np
 from scipy import special
 
 from entrenar.autograd.registry import Arg, case, defop, public
+from entrenar.kernels import nn_fused
 from entrenar.tensor import Tensor, TensorLike
 
 __all__ = [
@@ -335,6 +336,8 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 @defop("gelu")
 def _Gelu(x: np.ndarray, *, approximate: str) -> Any:
+    if nn_fused.supports(x):  # one pass, saving only x (kernels/nn_fused.py); below: the reference
+        return nn_fused.gelu_forward(x, approximate), ("fused", x, approximate)
     dt = x.dtype.type
     if approximate == "tanh":
         inner = dt(_SQRT_2_OVER_PI) * (x + dt(0.044715) * x * x * x)
@@ -348,6 +351,8 @@ def _Gelu(x: np.ndarray, *, approximate: str) -> Any:
 @_Gelu.defbackward
 def _gelu_backward(g: np.ndarray, saved: Any) -> Any:
     kind, x, aux = saved
+    if kind == "fused":
+        return (nn_fused.gelu_backward(g, x, aux),)
     dt = x.dtype.type
     if kind == "tanh":
         t = aux

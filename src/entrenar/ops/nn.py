@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from entrenar.autograd.registry import Arg, Gen, case, defop, public
+from entrenar.kernels import nn_fused
 from entrenar.tensor import Tensor, TensorLike
 
 __all__ = [
@@ -127,6 +128,9 @@ def _leading_sum(a: np.ndarray, k: int) -> np.ndarray:
 
 @defop("layer_norm", needs_mask=True)
 def _LayerNorm(x: np.ndarray, w: np.ndarray | None, b: np.ndarray | None, *, axes: Any, eps: float) -> Any:
+    if nn_fused.supports_layer_norm(x, w, b):  # one kernel per direction (kernels/nn_fused.py)
+        out, stats = nn_fused.layer_norm_forward(x, w, b, len(axes), eps)
+        return out, ("fused", x, stats, w, axes)
     mu = x.mean(axis=axes, keepdims=True)
     xc = x - mu
     var = (xc * xc).mean(axis=axes, keepdims=True)  # biased, as PyTorch
@@ -135,12 +139,15 @@ def _LayerNorm(x: np.ndarray, w: np.ndarray | None, b: np.ndarray | None, *, axe
     out = xhat if w is None else xhat * w
     if b is not None:
         out = out + b
-    return out, (xhat, rstd, w, axes)
+    return out, ("numpy", xhat, rstd, w, axes)
 
 
 @_LayerNorm.defbackward
 def _layer_norm_backward(g: np.ndarray, saved: Any, needs: tuple[bool, ...]) -> Any:
-    xhat, rstd, w, axes = saved
+    if saved[0] == "fused":
+        _, x, stats, w, axes = saved
+        return nn_fused.layer_norm_backward(g, x, stats, w, len(axes), needs)
+    _, xhat, rstd, w, axes = saved
     gx = gw = gb = None
     if needs[0]:
         gh = g if w is None else g * w
