@@ -46,10 +46,11 @@ kernel is compiled per dtype (float32, float64) on first use and cached on disk 
 from __future__ import annotations
 
 import math
-import threading
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
+
+from entrenar.kernels._lazy import import_numba, once
 
 __all__ = [
     "MIN_SIZE",
@@ -70,8 +71,6 @@ MIN_SIZE = 1 << 15
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
-_state: dict[str, Any] = {}  # "reason": str | None once loaded
-_lock = threading.Lock()
 
 
 def _pow2_of_shifted(k: float) -> float:
@@ -79,25 +78,12 @@ def _pow2_of_shifted(k: float) -> float:
     return math.ldexp(1.0, int(k - _SHIFTER))
 
 
-def _load() -> str | None:
-    """Import numba and wrap the kernels once; the reason they are unavailable, or None."""
-    if "reason" in _state:
-        return cast("str | None", _state["reason"])
-    with _lock:
-        if "reason" not in _state:
-            _state["reason"] = _compile_all()
-    return cast("str | None", _state["reason"])
-
-
 def _compile_all() -> str | None:
-    try:
-        import numba
-        from numba.core import types
-        from numba.extending import intrinsic
-    except (ImportError, OSError) as exc:  # OSError: llvmlite's shared library failed to load
-        return f"numba cannot be imported ({type(exc).__name__}: {exc})"
-    if vars(numba.config).get("DISABLE_JIT"):
-        return "NUMBA_DISABLE_JIT is set: the kernels would run as (very slow) Python"
+    numba, reason = import_numba()
+    if reason is not None:
+        return reason
+    from numba.core import types
+    from numba.extending import intrinsic
 
     @intrinsic
     def pow2_of_shifted(typingctx: Any, k: Any) -> Any:
@@ -134,6 +120,9 @@ def _compile_all() -> str | None:
         except RuntimeError:  # no writable cache location: compile in each process
             g[name] = numba.njit(cache=False, **opts)(g[name])
     return None
+
+
+_load = once(_compile_all)  # numba imported and the loops compiled on first use
 
 
 def available() -> bool:

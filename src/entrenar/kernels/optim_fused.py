@@ -45,11 +45,12 @@ rejected with a TypeError or ValueError naming the argument; `supports()` asks f
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
+
+from entrenar.kernels._lazy import import_numba, once
 
 __all__ = ["PARALLEL_MIN_SIZE", "adam_step", "available", "sgd_step", "supports", "unavailable_reason"]
 
@@ -59,33 +60,16 @@ PARALLEL_MIN_SIZE = 1 << 15
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
-# numba costs about a second to import, so it is imported, and the kernels compiled (or loaded from
-# the disk cache), on the first call that needs them, not when entrenar is imported.
-_state: dict[str, Any] = {}  # "reason": str | None once loaded
-_lock = threading.Lock()
 
 # The loops below call these names; `_load` rebinds each to its compiled version (numba resolves a
 # function's globals when it compiles it), so the plain-Python definitions are only numba's input.
 prange: Callable[..., Any] = range
 
 
-def _load() -> str | None:
-    """Import numba and compile the kernels once; the reason they are unavailable, or None."""
-    if "reason" in _state:
-        return cast("str | None", _state["reason"])
-    with _lock:
-        if "reason" not in _state:
-            _state["reason"] = _compile_all()
-    return cast("str | None", _state["reason"])
-
-
 def _compile_all() -> str | None:
-    try:
-        import numba
-    except (ImportError, OSError) as exc:  # OSError: llvmlite's shared library failed to load
-        return f"numba cannot be imported ({type(exc).__name__}: {exc})"
-    if vars(numba.config).get("DISABLE_JIT"):  # set from NUMBA_DISABLE_JIT when numba is imported
-        return "NUMBA_DISABLE_JIT is set: the kernels would run as (very slow) Python"
+    numba, reason = import_numba()
+    if reason is not None:
+        return reason
     g = globals()
     g["prange"] = numba.prange
     for name, parallel in (
@@ -100,6 +84,9 @@ def _compile_all() -> str | None:
         except RuntimeError:  # no writable cache location (read-only install, no home): compile each run
             g[name] = numba.njit(cache=False, **opts)(g[name])
     return None
+
+
+_load = once(_compile_all)  # numba imported and the loops compiled on first use
 
 
 def available() -> bool:
