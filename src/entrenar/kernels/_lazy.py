@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["import_numba", "once"]
+__all__ = ["import_numba", "jit", "once"]
 
 
 def import_numba() -> tuple[Any, str | None]:
@@ -37,3 +37,16 @@ def once(compile_all: Callable[[], str | None]) -> Callable[[], str | None]:
         return state["reason"]
 
     return load
+
+
+def jit(numba: Any, fn: Callable[..., Any], **opts: Any) -> Any:
+    """`fn` compiled by numba.njit with NumPy's float error model, cached on disk where possible.
+
+    error_model="numpy": a float division by zero gives inf/nan as in NumPy instead of raising, which
+    also keeps that check's branch out of the loops. No fastmath: the kernels must round as their NumPy
+    references do. Without a writable cache location (a read-only install, no home) each process compiles.
+    """
+    try:
+        return numba.njit(cache=True, error_model="numpy", **opts)(fn)
+    except RuntimeError:
+        return numba.njit(cache=False, error_model="numpy", **opts)(fn)

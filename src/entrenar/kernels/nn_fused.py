@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from entrenar.kernels._lazy import import_numba, once
+from entrenar.kernels._lazy import import_numba, jit, once
 
 __all__ = [
     "MIN_SIZE",
@@ -108,17 +108,10 @@ def _compile_all() -> str | None:
     )  # fmt: skip
     loops = ("_gelu_fwd_loop", "_gelu_bwd_loop", "_ln_fwd_loop", "_ln_bwd_loop")
     for name in helpers + loops:
-        # error_model="numpy": division by zero gives inf/nan as NumPy does, with no branch to raise.
         # One thread (no parallel=True), see the module docstring. The helpers are inlined in numba's
         # IR: left to LLVM's inliner, the float32 erf backward kept erf and exp as calls in the loop
         # and did not vectorize (5x slower, measured).
-        opts: dict[str, Any] = {"error_model": "numpy"}
-        if name in helpers:
-            opts["inline"] = "always"
-        try:
-            g[name] = numba.njit(cache=True, **opts)(g[name])
-        except RuntimeError:  # no writable cache location: compile in each process
-            g[name] = numba.njit(cache=False, **opts)(g[name])
+        g[name] = jit(numba, g[name], inline="always") if name in helpers else jit(numba, g[name])
     return None
 
 

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from entrenar.kernels._lazy import import_numba, once
+from entrenar.kernels._lazy import import_numba, jit, once
 
 __all__ = ["PARALLEL_MIN_SIZE", "adam_step", "available", "sgd_step", "supports", "unavailable_reason"]
 
@@ -76,13 +76,7 @@ def _compile_all() -> str | None:
         ("_sgd_element", False), ("_adam_element", False),
         ("_sgd_serial", False), ("_sgd_parallel", True), ("_adam_serial", False), ("_adam_parallel", True),
     ):  # fmt: skip
-        # error_model="numpy": a float division by zero gives inf/nan as in NumPy instead of raising,
-        # which also keeps that check's branch out of the loop. No fastmath (see the module docstring).
-        opts: dict[str, Any] = {"error_model": "numpy", "parallel": parallel}
-        try:
-            g[name] = numba.njit(cache=True, **opts)(g[name])
-        except RuntimeError:  # no writable cache location (read-only install, no home): compile each run
-            g[name] = numba.njit(cache=False, **opts)(g[name])
+        g[name] = jit(numba, g[name], parallel=parallel)
     return None
 
 
