@@ -11,7 +11,8 @@ import numpy as np
 
 import entrenar.functional  # noqa: F401 - registers every op
 from entrenar import Tensor
-from entrenar.autograd.registry import PUBLIC, SPECS, Arg, Case, Gen, Spec
+from entrenar import quant as _quant  # noqa: F401 - registers quant_linear
+from entrenar.autograd.registry import PUBLIC, SPECS, Arg, Built, Case, Gen, Spec
 
 
 def all_cases() -> Iterator[tuple[str, int]]:
@@ -59,6 +60,9 @@ def materialize(name: str, index: int, dtype: Any = np.float64) -> Materialized:
     def conv(v: Any) -> Any:
         if isinstance(v, Arg):
             return (v, _sample(v, rng, dtype))
+        if isinstance(v, Built):  # (marker, entrenar's value, PyTorch's array)
+            value = v.make(rng)
+            return (v, value, v.as_torch(value, np.dtype(dtype)))
         if isinstance(v, (list, tuple)) and v and any(isinstance(e, Arg) for e in v):
             return type(v)(conv(e) for e in v)
         return v
@@ -69,14 +73,17 @@ def materialize(name: str, index: int, dtype: Any = np.float64) -> Materialized:
     return Materialized(spec, c, args, kwargs, tkw)
 
 
-def _build(v: Any, leaf: Any) -> Any:
-    """Replace each (Arg, array) pair using leaf(arg, array); fresh Generators for Gen markers."""
+def _build(v: Any, leaf: Any, built: Any = lambda t: t[1]) -> Any:
+    """Replace each (Arg, array) pair using leaf(arg, array); fresh Generators for Gen markers; each
+    (Built, value, array) triple by built(triple) (entrenar's value by default)."""
     if isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], Arg):
         return leaf(v[0], v[1])
+    if isinstance(v, tuple) and len(v) == 3 and isinstance(v[0], Built):
+        return built(v)
     if isinstance(v, Gen):
         return np.random.default_rng(v.seed)
     if isinstance(v, (list, tuple)):
-        return type(v)(_build(e, leaf) for e in v)
+        return type(v)(_build(e, leaf, built) for e in v)
     return v
 
 
@@ -106,8 +113,11 @@ def torch_inputs(m: Materialized) -> tuple[list[Any], dict[str, Any], list[Any]]
             leaves.append(t)
         return t
 
-    args = [_build(a, leaf) for a in m.args]
-    kwargs = {k: _build(v, leaf) for k, v in m.torch_kwargs.items()}
+    def constant(triple: tuple[Built, Any, np.ndarray]) -> Any:
+        return torch.from_numpy(triple[2].copy())
+
+    args = [_build(a, leaf, constant) for a in m.args]
+    kwargs = {k: _build(v, leaf, constant) for k, v in m.torch_kwargs.items()}
     return args, kwargs, leaves
 
 

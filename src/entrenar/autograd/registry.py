@@ -36,6 +36,7 @@ __all__ = [
     "OPS",
     "PUBLIC",
     "Arg",
+    "Built",
     "Case",
     "Gen",
     "OpDef",
@@ -210,6 +211,18 @@ class Gen:
 
 
 @dataclass(frozen=True)
+class Built:
+    """A non-tensor argument built for each case (a quantized weight, say).
+
+    make(rng) builds the value the function takes; as_torch(value, dtype) gives the array that the
+    PyTorch function takes in its place (as a constant tensor of the case's dtype).
+    """
+
+    make: Callable[[np.random.Generator], Any]
+    as_torch: Callable[[Any, np.dtype[Any]], np.ndarray]
+
+
+@dataclass(frozen=True)
 class Case:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
@@ -236,7 +249,9 @@ class Spec:
 
     torch: the dotted path of the PyTorch function it matches ("torch.exp",
     "torch.nn.functional.gelu", "torch.Tensor.__getitem__"). outputs: how many tensor outputs the
-    call returns when it returns a tuple (None for a single tensor).
+    call returns when it returns a tuple (None for a single tensor). module: the module whose
+    `__all__` exports the function (entrenar.functional, or a package above the ops such as
+    entrenar.quant).
     """
 
     name: str
@@ -248,6 +263,7 @@ class Spec:
     float32: bool = True  # also run the float32 oracle comparison
     rtol32: float = 1e-5
     atol32: float = 1e-6
+    module: str = "entrenar.functional"
 
 
 PUBLIC: dict[str, Callable[..., Any]] = {}
