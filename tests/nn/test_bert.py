@@ -7,21 +7,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from tiny_bert import TINY_BERT as TINY
 
 from entrenar.nn.bert import BertConfig, BertForSequenceClassification, BertModel
 
 torch.set_num_threads(1)
 
-TINY = {
-    "vocab_size": 60,
-    "hidden_size": 16,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 32,
-    "max_position_embeddings": 24,
-    "type_vocab_size": 2,
-    "num_labels": 3,
-}
 
 
 @pytest.fixture(scope="module")
