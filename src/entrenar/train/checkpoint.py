@@ -1,0 +1,229 @@
+"""Training checkpoints: one folder per step, written atomically, safetensors + JSON, never pickle.
+
+    <output_dir>/checkpoints/
+        step-200/
+            model.safetensors       the trainable parameters, by the model's parameter names
+            optimizer.safetensors   the optimizer's state arrays ("state.<index>.<name>")
+            optimizer.json          {"param_names": [name of parameter <index>], "state_dict": ...}
+            scheduler.json          the scheduler's state_dict (null without a scheduler)
+            trainer_state.json      step, loader state, generator states, best metric, counters
+            config.json             the TrainerConfig (to_dict)
+        step-300/ ...
+        latest                      "step-300": the newest complete checkpoint
+
+A checkpoint is written into a hidden temporary folder next to its final place and renamed into place
+only when every file is written (and flushed); `latest` is rewritten atomically after that. So
+whatever fails midway, `latest` names a complete checkpoint (a crash can leave a hidden
+`.step-N.*.tmp` folder behind, never a partial `step-N`). The JSON files hold the structure of each
+state dict with arrays named, the safetensors files the arrays (see `entrenar.train.state`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from entrenar.io import FormatError, atomic_write_text, load_safetensors, save_safetensors
+from entrenar.train.state import from_json_tree, to_json_tree
+
+__all__ = [
+    "CHECKPOINTS_DIR",
+    "LATEST",
+    "STATE_FORMAT",
+    "Checkpoint",
+    "list_checkpoints",
+    "prune_checkpoints",
+    "read_checkpoint",
+    "resolve_checkpoint",
+    "write_checkpoint",
+]
+
+CHECKPOINTS_DIR = "checkpoints"
+LATEST = "latest"
+STATE_FORMAT = "entrenar.train/1"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_ARRAYS = "optimizer.safetensors"
+OPTIMIZER_JSON = "optimizer.json"
+SCHEDULER_JSON = "scheduler.json"
+STATE_JSON = "trainer_state.json"
+CONFIG_JSON = "config.json"
+_STEP_DIR = re.compile(r"^step-([0-9]+)$")
+
+
+@dataclass
+class Checkpoint:
+    """What one checkpoint holds, in memory (`path` is its folder when read from disk)."""
+
+    step: int
+    model: dict[str, np.ndarray]
+    optimizer: dict[str, Any]
+    param_names: list[str]
+    scheduler: dict[str, Any] | None
+    trainer_state: dict[str, Any]
+    config: dict[str, Any]
+    path: Path | None = None
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, indent=1, allow_nan=False) + "\n"
+
+
+def _fsync_dir(directory: Path) -> None:
+    with suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_files(folder: Path, ck: Checkpoint) -> None:
+    save_safetensors(folder / MODEL_FILE, ck.model)
+    arrays: dict[str, np.ndarray] = {}
+    packed = to_json_tree(ck.optimizer, arrays)
+    save_safetensors(folder / OPTIMIZER_ARRAYS, arrays)
+    atomic_write_text(folder / OPTIMIZER_JSON, _dump({"param_names": ck.param_names, "state_dict": packed}))
+    atomic_write_text(folder / SCHEDULER_JSON, _dump(to_json_tree(ck.scheduler)))
+    state = {"format": STATE_FORMAT, "step": ck.step, **to_json_tree(ck.trainer_state)}
+    atomic_write_text(folder / STATE_JSON, _dump(state))
+    atomic_write_text(folder / CONFIG_JSON, _dump(ck.config))
+
+
+def write_checkpoint(checkpoints_dir: str | os.PathLike[str], ck: Checkpoint) -> Path:
+    """Write `ck` as checkpoints_dir/step-<ck.step>/ (replacing one of that step), then point `latest`
+    at it. On any error the temporary folder is removed and `latest` and older checkpoints are as
+    they were. Returns the checkpoint folder."""
+    root = Path(checkpoints_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{ck.step}"
+    final = root / name
+    tmp = root / f".{name}.{secrets.token_hex(6)}.tmp"
+    tmp.mkdir()
+    try:
+        _write_files(tmp, ck)
+        if final.exists():  # a checkpoint of this step from an abandoned continuation of the run
+            old = root / f".{name}.{secrets.token_hex(6)}.old"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(root / LATEST, name + "\n")
+    return final
+
+
+def list_checkpoints(checkpoints_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """(step, folder) of every step-N folder, by step."""
+    root = Path(checkpoints_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def prune_checkpoints(
+    checkpoints_dir: str | os.PathLike[str], keep_last: int | None, current_step: int
+) -> None:
+    """Remove the step folders after `current_step` (left by an abandoned continuation of the run) and
+    all but the newest `keep_last` of the others (None: keep them all)."""
+    found = list_checkpoints(checkpoints_dir)
+    stale = [p for s, p in found if s > current_step]
+    kept = [p for s, p in found if s <= current_step]
+    if keep_last is not None:
+        stale += kept[:-keep_last] if len(kept) > keep_last else []
+    for p in stale:
+        shutil.rmtree(p)
+
+
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """The checkpoint folder `path` names: a step-N folder itself, or a checkpoints folder or an output
+    folder whose `latest` file names one. FileNotFoundError saying what was looked for otherwise."""
+    p = Path(path)
+    if (p / STATE_JSON).is_file():
+        return p
+    for root in (p / CHECKPOINTS_DIR, p):
+        pointer = root / LATEST
+        if pointer.is_file():
+            name = pointer.read_text(encoding="utf-8").strip()
+            if not _STEP_DIR.match(name):
+                raise FormatError(pointer, f"expected a checkpoint name such as 'step-100', got {name!r}")
+            if not (root / name / STATE_JSON).is_file():
+                raise FileNotFoundError(
+                    f"{pointer} names {name}, but {root / name} is not a complete checkpoint"
+                )
+            return root / name
+    raise FileNotFoundError(
+        f"no checkpoint at {p}: expected a step-N folder (with {STATE_JSON}), or a folder holding "
+        f"{CHECKPOINTS_DIR}/{LATEST} or {LATEST}"
+    )
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing from the checkpoint")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(path, f"not UTF-8 JSON ({exc})") from None
+
+
+def _field(path: Path, obj: Any, key: str, kind: type | tuple[type, ...]) -> Any:
+    if not isinstance(obj, dict) or key not in obj or not isinstance(obj[key], kind):
+        what = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise FormatError(path, f"expected a key {key!r} holding a value of type {what}")
+    return obj[key]
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """The checkpoint at `path` (anything `resolve_checkpoint` accepts); FormatError naming the file and
+    the key for anything malformed."""
+    folder = resolve_checkpoint(path)
+    state_path = folder / STATE_JSON
+    raw_state = _read_json(state_path)
+    fmt = _field(state_path, raw_state, "format", str)
+    if fmt != STATE_FORMAT:
+        raise FormatError(state_path, f"format {fmt!r} is not {STATE_FORMAT!r}")
+    step = _field(state_path, raw_state, "step", int)
+    state = from_json_tree({k: v for k, v in raw_state.items() if k not in ("format", "step")})
+    opt_path = folder / OPTIMIZER_JSON
+    raw_opt = _read_json(opt_path)
+    names = _field(opt_path, raw_opt, "param_names", list)
+    packed = _field(opt_path, raw_opt, "state_dict", dict)
+    arrays = load_safetensors(folder / OPTIMIZER_ARRAYS)
+    try:
+        optimizer = from_json_tree(packed, arrays)
+    except (KeyError, ValueError) as exc:
+        raise FormatError(opt_path, str(exc)) from None
+    scheduler = from_json_tree(_read_json(folder / SCHEDULER_JSON))
+    if scheduler is not None and not isinstance(scheduler, dict):
+        raise FormatError(folder / SCHEDULER_JSON, "expected a JSON object or null")
+    config = _read_json(folder / CONFIG_JSON)
+    if not isinstance(config, dict):
+        raise FormatError(folder / CONFIG_JSON, "expected a JSON object")
+    model = load_safetensors(folder / MODEL_FILE)
+    return Checkpoint(step, model, optimizer, names, scheduler, state, config, folder)
+
+
+def check_names(what: str, saved: Mapping[str, Any] | list[str], current: list[str]) -> None:
+    """ValueError listing the names only one side has (the checkpoint's `what` against the model's)."""
+    missing = [n for n in current if n not in saved]
+    unexpected = [n for n in saved if n not in set(current)]
+    if missing or unexpected:
+        raise ValueError(
+            f"the checkpoint's {what} do not match this model's trainable parameters: "
+            f"not in the checkpoint {missing}, in the checkpoint but not trainable here {unexpected}"
+        )
