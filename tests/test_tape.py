@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from typing import Any, ClassVar
 
 import numpy as np
@@ -200,6 +202,43 @@ def test_retained_intermediate_grad_accumulates_like_torch() -> None:
 def test_retain_grad_needs_requires_grad() -> None:
     with pytest.raises(RuntimeError, match="retain_grad"):
         Tensor(np.ones(2)).retain_grad()
+
+
+def test_graph_frees_activations_no_backward_needs() -> None:
+    # y feeds exp, whose backward needs only exp's output: once the user drops y, its array must go
+    # (the tape links nodes, not intermediate tensors), as PyTorch frees such activations.
+    x = tensor(np.linspace(-1.0, 1.0, 1000), requires_grad=True)
+    y = x * 2.0
+    y_data = weakref.ref(y.data)
+    z = y.exp()
+    del y
+    gc.collect()
+    assert y_data() is None
+    z.sum().backward()
+    np.testing.assert_allclose(x.grad, 2.0 * np.exp(2.0 * x.data), rtol=1e-12)
+
+
+def test_retain_grad_after_later_ops_were_recorded() -> None:
+    x = tensor([1.0, 2.0], requires_grad=True)
+    y = x * 3.0
+    z = (y * y).sum()
+    y.retain_grad()  # asked for after y was already used, as PyTorch allows
+    z.backward()
+    np.testing.assert_allclose(y.grad, 2.0 * y.data)
+
+
+def test_leaf_that_stops_requiring_grad_after_the_forward_gets_none() -> None:
+    # As PyTorch, whose AccumulateGrad reads requires_grad when the gradient arrives.
+    w = tensor([1.0, 2.0], requires_grad=True)
+    out = (w * 3.0).sum()
+    w.requires_grad_(False)
+    out.backward()
+    assert w.grad is None
+    tw = torch.tensor([1.0, 2.0], requires_grad=True)
+    tout = (tw * 3.0).sum()
+    tw.requires_grad_(False)
+    tout.backward()
+    assert tw.grad is None
 
 
 def test_second_backward_raises_after_graph_is_freed() -> None:

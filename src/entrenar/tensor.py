@@ -6,6 +6,7 @@ Operators and named methods (`t.exp()`, `t.sum(dim)`, `a @ b`) are attached by t
 
 from __future__ import annotations
 
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -146,6 +147,7 @@ class Tensor:
             raise RuntimeError("can't retain_grad on a tensor that does not require grad")
         if self._node is not None:
             self._retains_grad = True
+            self._node.retainer = weakref.ref(self)
 
     def zero_grad_(self) -> None:
         self.grad = None

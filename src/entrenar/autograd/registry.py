@@ -105,10 +105,18 @@ class OpDef:
         t.grad = None
         t._retains_grad = False
         if rg and _MODE.enabled:
-            if convert:
-                args = tuple(a if isinstance(a, Tensor) else None for a in args)
+            # Edges to the inputs' nodes (or leaves), never to non-leaf tensors: see tape.Node.
+            edges: list[Any] = []
+            metas: list[Any] = []
+            for a in args:
+                if isinstance(a, Tensor) and a._rg:
+                    edges.append(a if a._node is None else a._node)
+                    metas.append((a.data.shape, a.data.dtype))
+                else:
+                    edges.append(None)
+                    metas.append(None)
             t._rg = True
-            t._node = _Node(self, args, saved)
+            t._node = _Node(self, tuple(edges), tuple(metas), tuple(e is not None for e in edges), saved)
         else:
             t._rg = False
             t._node = None

@@ -84,15 +84,34 @@ def enable_grad() -> _GradModeContext:
 
 
 class Node:
-    """One recorded op application: the op, its inputs (Tensor or None) and the saved residuals."""
+    """One recorded op application: the op, where its input gradients go, and the saved residuals.
 
-    __slots__ = ("freed", "inputs", "op", "saved")
+    `edges[i]` is where the gradient of input i goes: the `Node` that made a non-leaf input, the leaf
+    `Tensor` itself, or None for an input that takes no gradient (a constant, or a tensor that did
+    not require grad when the op ran). A node never holds its non-leaf inputs' tensors, only their
+    nodes, so an activation the backward does not need (one no op saved as a residual) is freed as
+    soon as the user drops it, as in PyTorch. `metas[i]` is input i's (shape, dtype), against which
+    the gradient is checked; `needs[i]` says whether input i takes a gradient. `retainer` is a weak
+    reference to the output tensor when `retain_grad()` asked for its gradient.
+    """
 
-    def __init__(self, op: OpDef, inputs: tuple[Any, ...], saved: Any) -> None:
+    __slots__ = ("edges", "freed", "metas", "needs", "op", "retainer", "saved")
+
+    def __init__(
+        self,
+        op: OpDef,
+        edges: tuple[Any, ...],
+        metas: tuple[Any, ...],
+        needs: tuple[bool, ...],
+        saved: Any,
+    ) -> None:
         self.op = op
-        self.inputs = inputs
+        self.edges = edges
+        self.metas = metas
+        self.needs = needs
         self.saved = saved
         self.freed = False
+        self.retainer: Any = None
 
 
 def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -106,52 +125,50 @@ def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return grad
 
 
-def _topological(root: Tensor) -> list[Tensor]:
-    """Non-leaf tensors reachable from root, each before every tensor that it was computed from."""
-    order: list[Tensor] = []
+def _topological(root: Node) -> list[Node]:
+    """The nodes reachable from root, each before every node whose output it consumed."""
+    order: list[Node] = []
     visited: set[int] = set()
-    stack: list[tuple[Tensor, bool]] = [(root, False)]
+    stack: list[tuple[Node, bool]] = [(root, False)]
     while stack:
-        t, done = stack.pop()
+        node, done = stack.pop()
         if done:
-            order.append(t)
+            order.append(node)
             continue
-        if id(t) in visited:
+        if id(node) in visited:
             continue
-        visited.add(id(t))
-        node = t._node
-        if node is None:
-            continue
+        visited.add(id(node))
         if node.freed:
             raise RuntimeError(
                 f"Trying to backward through the graph a second time (through '{node.op.name}'): its "
                 "saved values were freed by the first backward. Pass retain_graph=True to the first "
                 "backward() if you need to backward through the graph again."
             )
-        stack.append((t, True))
-        for inp in node.inputs:
-            if inp is not None and inp._node is not None and id(inp) not in visited:
-                stack.append((inp, False))
+        stack.append((node, True))
+        for e in node.edges:
+            if type(e) is Node and id(e) not in visited:
+                stack.append((e, False))
     order.reverse()
     return order
 
 
-def _fit(op: OpDef, index: int, g: Any, inp: Tensor) -> np.ndarray:
-    """Check one input gradient against its input; undo broadcasting for ops that broadcast."""
+def _fit(op: OpDef, index: int, g: Any, meta: tuple[tuple[int, ...], np.dtype[Any]]) -> np.ndarray:
+    """Check one input gradient against its input's shape; undo broadcasting for ops that broadcast."""
+    shape, dtype = meta
     if not isinstance(g, np.ndarray):
         g = np.asarray(g)
-    if g.shape != inp.data.shape:
+    if g.shape != shape:
         if op.broadcasts:
-            fitted = unbroadcast(g, inp.data.shape)
-            if fitted.shape == inp.data.shape:
+            fitted = unbroadcast(g, shape)
+            if fitted.shape == shape:
                 g = fitted
-        if g.shape != inp.data.shape:
+        if g.shape != shape:
             raise RuntimeError(
                 f"backward of '{op.name}' returned a gradient of shape {g.shape} for input {index}, "
-                f"whose shape is {inp.data.shape}"
+                f"whose shape is {shape}"
             )
-    if g.dtype != inp.data.dtype:
-        g = g.astype(inp.data.dtype)
+    if g.dtype != dtype:
+        g = g.astype(dtype)
     return g
 
 
@@ -173,39 +190,35 @@ def backward(root: Tensor, grad: np.ndarray, retain_graph: bool = False) -> None
     if root._node is None:
         _give_leaf(root, grad, handed)
         return
-    order = _topological(root)
-    grads: dict[int, np.ndarray] = {id(root): grad}
-    for t in order:
-        g = grads.pop(id(t), None)
-        node = t._node
-        assert node is not None
+    grads: dict[int, np.ndarray] = {id(root._node): grad}
+    for node in _topological(root._node):
+        g = grads.pop(id(node), None)
         if g is not None:
-            if t._retains_grad:
-                _give_leaf(t, g, handed)
+            if node.retainer is not None:
+                kept = node.retainer()
+                if kept is not None:
+                    _give_leaf(kept, g, handed)
             op = node.op
-            inputs = node.inputs
-            if op.needs_mask:
-                needs = tuple(inp is not None and inp._rg for inp in inputs)
-                in_grads = op.backward(g, node.saved, needs)
-            else:
-                in_grads = op.backward(g, node.saved)
-            if len(in_grads) != len(inputs):
+            edges = node.edges
+            needs = node.needs
+            in_grads = op.backward(g, node.saved, needs) if op.needs_mask else op.backward(g, node.saved)
+            if len(in_grads) != len(edges):
                 raise RuntimeError(
-                    f"backward of '{op.name}' returned {len(in_grads)} gradients for {len(inputs)} inputs"
+                    f"backward of '{op.name}' returned {len(in_grads)} gradients for {len(edges)} inputs"
                 )
-            for i, inp in enumerate(inputs):
+            for i, e in enumerate(edges):
                 gi = in_grads[i]
-                if gi is None or inp is None or not inp._rg:
+                if gi is None or e is None:
                     continue
-                d = inp.data
-                if type(gi) is not np.ndarray or gi.shape != d.shape or gi.dtype != d.dtype:
-                    gi = _fit(op, i, gi, inp)
-                if inp._node is None:
-                    _give_leaf(inp, gi, handed)
-                else:
-                    key = id(inp)
+                shape, dtype = node.metas[i]
+                if type(gi) is not np.ndarray or gi.shape != shape or gi.dtype != dtype:
+                    gi = _fit(op, i, gi, node.metas[i])
+                if type(e) is Node:
+                    key = id(e)
                     prev = grads.get(key)
                     grads[key] = gi if prev is None else prev + gi
+                elif e._rg:  # a leaf turned requires_grad off after the forward gets nothing, as PyTorch
+                    _give_leaf(e, gi, handed)
         if not retain_graph:
             node.saved = None
             node.freed = True
