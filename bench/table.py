@@ -14,6 +14,8 @@ COLUMNS = {
     "gpt": ("ms", "entrenar_ms", "torch_ms", None),
     # torch-free: QuantLinear against entrenar's float32 Linear (plain NumPy BLAS) in the numpy column
     "quant": ("ms", "entrenar_ms", None, "numpy_ms"),
+    # the LoRA 4096 x 4096 layer against PyTorch + PEFT; the memory parts print their own tables
+    "lora": ("ms", "entrenar_ms", "torch_ms", None),
 }
 
 
