@@ -1,3 +1,4 @@
+# make finetune - the main job: QLoRA-fine-tune all-MiniLM-L6-v2 on movie-review sentiment (runs/)
 # make demo   - train the demo MLP on 8x8 digits (creates .venv on first use)
 # make test   - ruff, mypy and the whole test suite on 2 cores
 # make bench  - benchmarks against PyTorch, with the OpenBLAS variables as set and unset
@@ -6,7 +7,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: finetune demo test lint typecheck unit bench clean
+
+# --overwrite: running it again replaces runs/minilm-sentiment-qlora/ (entrenar finetune alone refuses)
+finetune: $(STAMP)
+	$(BIN)/entrenar finetune --overwrite
 
 demo: $(STAMP)
 	$(BIN)/entrenar demo
