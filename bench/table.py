@@ -16,6 +16,8 @@ COLUMNS = {
     "quant": ("ms", "entrenar_ms", None, "numpy_ms"),
     # the LoRA 4096 x 4096 layer against PyTorch + PEFT; the memory parts print their own tables
     "lora": ("ms", "entrenar_ms", "torch_ms", None),
+    # one QLoRA fine-tuning step of MiniLM (the shipped config) against PyTorch + PEFT LoRA
+    "finetune": ("ms", "entrenar_ms", "torch_ms", None),
 }
 
 
