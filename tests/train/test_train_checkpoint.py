@@ -3,6 +3,7 @@ resumes that do not fit the trainer."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -29,7 +30,9 @@ def test_layout_and_contents(tmp_path: Path) -> None:
     assert (root / "latest").read_text() == "step-6\n"
     folder = root / "step-6"
     files = ["model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json", "config.json"]
-    assert sorted(p.name for p in folder.iterdir()) == sorted([*files, "trainer_state.json"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [*files, "trainer_state.json", "checksums.json"]
+    )
     weights = load_safetensors(folder / "model.safetensors")
     assert list(weights) == sorted(n for n, p in t.model.named_parameters() if p.requires_grad)
     for name, value in t.model.state_dict().items():
@@ -120,8 +123,15 @@ def test_malformed_checkpoints_name_the_file(
         target.unlink()
     else:
         target.write_text(content)
+        reseal(target.parent)  # past the checksums: the structural checks are what this test is about
     with pytest.raises(error, match=message):
         read_checkpoint(tmp_path / "run")
+
+
+def reseal(folder: Path) -> None:
+    """Record the current files' SHA-256 in checksums.json, as if the checkpoint had been written so."""
+    digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    (folder / "checksums.json").write_text(json.dumps({"sha256": digests}))
 
 
 def test_resume_refuses_what_does_not_fit(tmp_path: Path) -> None:

@@ -100,6 +100,26 @@ def _unknown_key_message(path: Sequence[str]) -> str:
 
 
 # ----------------------------------------------------------------------------------- YAML
+MAX_CONFIG_VALUES = 100_000  # bounds the work of a file whose aliases expand exponentially
+
+
+def _too_large(raw: Any, limit: int) -> bool:
+    """Whether the tree holds more than `limit` values counting every alias's copy; stops counting
+    at the limit, so a "billion laughs" file costs `limit` steps, not billions."""
+    stack, seen = [raw], 0
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The mapping in a YAML file (an empty file is {}); ConfigError naming the file otherwise."""
     p = Path(path)
@@ -111,12 +131,19 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config {p}: not UTF-8 text (byte {exc.start})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.safe_load(text)  # safe_load: plain data only, no !!python/... constructors
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"config {p}: not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"config {p}: nested too deeply to read") from None
+    if _too_large(raw, MAX_CONFIG_VALUES):
+        raise ConfigError(
+            f"config {p}: more than {MAX_CONFIG_VALUES} values once its aliases (*name) are expanded; "
+            "a run config holds a few dozen"
+        )
     if raw is None:
         return {}
     if not isinstance(raw, dict):

@@ -152,6 +152,8 @@ def _jsonl_rows(path: Path, text: str, columns: tuple[str, str]) -> Iterator[tup
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise FormatError(path, f"line {n}: not JSON ({exc.msg} at column {exc.colno})") from None
+        except RecursionError:
+            raise FormatError(path, f"line {n}: JSON nested too deeply to read") from None
         if not isinstance(obj, dict):
             raise FormatError(path, f"line {n}: expected a JSON object, got {type(obj).__name__}")
         for c in columns:

@@ -217,8 +217,12 @@ def _entry(key: str, value: Any, name: str) -> TensorInfo:
         problem = f"lacks {missing}" if missing else f"has unknown fields {brief(extra)}"
         raise FormatError(name, f"{where}: entry {problem}; expected exactly {list(_FIELDS)}")
     dtype, shape, offsets = value["dtype"], value["shape"], value["data_offsets"]
-    if dtype not in ITEMSIZE:
-        kind = "is not supported here" if dtype in KNOWN_UNSUPPORTED else "is not a safetensors dtype"
+    if not isinstance(dtype, str) or dtype not in ITEMSIZE:  # (a list or an object is not hashable)
+        kind = (
+            "is not supported here"
+            if isinstance(dtype, str) and dtype in KNOWN_UNSUPPORTED
+            else "is not a safetensors dtype"
+        )
         raise FormatError(name, f"{where}: dtype {brief(dtype)} {kind}; supported: {', '.join(ITEMSIZE)}")
     if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
         raise FormatError(name, f"{where}: shape must be a list of non-negative integers, got {brief(shape)}")

@@ -216,6 +216,8 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FormatError(path, f"not valid UTF-8 JSON: {e}") from None
+    except RecursionError:
+        raise FormatError(path, "JSON nested too deeply to read") from None
 
 
 def _config_from(path: Path, d: Any) -> LoraConfig:
@@ -259,7 +261,11 @@ def _tensor_from_json(path: Path, key: str, t: Any) -> np.ndarray:
         )
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in data):
         raise FormatError(path, f"tensor {key}: data must hold finite numbers only")
-    return np.asarray(data, dtype=np.float64).astype(dtype).reshape(shape)
+    with np.errstate(over="ignore"):
+        out = np.asarray(data, dtype=np.float64).astype(dtype).reshape(shape)
+    if not np.isfinite(out).all():
+        raise FormatError(path, f"tensor {key}: a value is too large for {dtype}")
+    return out
 
 
 def load_tensors(

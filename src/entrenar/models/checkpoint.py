@@ -78,6 +78,8 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
         raise FormatError(
             path, f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except RecursionError:
+        raise FormatError(path, f"{what} is JSON nested too deeply to read") from None
     if not isinstance(value, dict):
         raise FormatError(path, f"{what} must hold a JSON object, found {type(value).__name__}")
     return value

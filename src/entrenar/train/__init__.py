@@ -13,7 +13,13 @@ whole contract (`classification_loss` and `lm_loss` are ready-made); `entrenar.d
 whose position checkpoints can save. Nothing here reads a config file: build a TrainerConfig.
 """
 
-from entrenar.train.checkpoint import Checkpoint, list_checkpoints, read_checkpoint, resolve_checkpoint
+from entrenar.train.checkpoint import (
+    Checkpoint,
+    list_checkpoints,
+    read_checkpoint,
+    resolve_checkpoint,
+    verify_checkpoint,
+)
 from entrenar.train.config import EarlyStopping, TrainerConfig
 from entrenar.train.losses import classification_loss, lm_loss
 from entrenar.train.metrics import (
@@ -56,4 +62,5 @@ __all__ = [
     "read_checkpoint",
     "read_events",
     "resolve_checkpoint",
+    "verify_checkpoint",
 ]

@@ -8,6 +8,7 @@
             scheduler.json          the scheduler's state_dict (null without a scheduler)
             trainer_state.json      step, loader state, generator states, best metric, counters
             config.json             the TrainerConfig (to_dict)
+            checksums.json          {"sha256": {file name: hex digest}} of every file above, written last
         step-300/ ...
         latest                      "step-300": the newest complete checkpoint
 
@@ -16,10 +17,15 @@ only when every file is written (and flushed); `latest` is rewritten atomically 
 whatever fails midway, `latest` names a complete checkpoint (a crash can leave a hidden
 `.step-N.*.tmp` folder behind, never a partial `step-N`). The JSON files hold the structure of each
 state dict with arrays named, the safetensors files the arrays (see `entrenar.train.state`).
+
+Reading a checkpoint first checks every file against checksums.json (SHA-256), so a checkpoint
+corrupted on disk is refused with a FormatError naming the file, and the message names the newest
+older checkpoint in the same folder that is intact, if any (nothing falls back on its own).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -45,6 +51,7 @@ __all__ = [
     "prune_checkpoints",
     "read_checkpoint",
     "resolve_checkpoint",
+    "verify_checkpoint",
     "write_checkpoint",
 ]
 
@@ -57,7 +64,10 @@ OPTIMIZER_JSON = "optimizer.json"
 SCHEDULER_JSON = "scheduler.json"
 STATE_JSON = "trainer_state.json"
 CONFIG_JSON = "config.json"
+CHECKSUMS_JSON = "checksums.json"
+_CHECKED_FILES = (MODEL_FILE, OPTIMIZER_ARRAYS, OPTIMIZER_JSON, SCHEDULER_JSON, STATE_JSON, CONFIG_JSON)
 _STEP_DIR = re.compile(r"^step-([0-9]+)$")
+_LEFTOVER = re.compile(r"^\.step-[0-9]+\.[0-9a-f]+\.(tmp|old)$")
 
 
 @dataclass
@@ -97,6 +107,55 @@ def _write_files(folder: Path, ck: Checkpoint) -> None:
     state = {"format": STATE_FORMAT, "step": ck.step, **to_json_tree(ck.trainer_state)}
     atomic_write_text(folder / STATE_JSON, _dump(state))
     atomic_write_text(folder / CONFIG_JSON, _dump(ck.config))
+    digests = {name: _sha256(folder / name) for name in _CHECKED_FILES}
+    atomic_write_text(folder / CHECKSUMS_JSON, _dump({"sha256": digests}))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_checkpoint(folder: str | os.PathLike[str]) -> None:
+    """Check every file of the checkpoint folder against its checksums.json: FormatError naming the
+    first file whose SHA-256 differs, FileNotFoundError naming a missing one."""
+    root = Path(folder)
+    manifest_path = root / CHECKSUMS_JSON
+    manifest = _read_json(manifest_path)
+    digests = _field(manifest_path, manifest, "sha256", dict)
+    for name in _CHECKED_FILES:
+        expected = digests.get(name)
+        if not isinstance(expected, str):
+            raise FormatError(manifest_path, f"expected a SHA-256 hex digest for {name!r}")
+        path = root / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing from the checkpoint")
+        actual = _sha256(path)
+        if actual != expected:
+            raise FormatError(
+                path, f"corrupted: its SHA-256 is {actual}, {CHECKSUMS_JSON} recorded {expected}"
+            )
+
+
+def _cannot_resume(folder: Path) -> str:
+    """The advice for a checkpoint that failed verification: which older one next to it is intact."""
+    m = _STEP_DIR.match(folder.name)
+    step = int(m.group(1)) if m else None
+    for s, p in reversed(list_checkpoints(folder.parent)):
+        if p == folder or (step is not None and s >= step):
+            continue
+        try:
+            verify_checkpoint(p)
+        except (FormatError, OSError):
+            continue
+        return (
+            f"the checkpoint {folder} cannot be resumed; the older checkpoint {p} is intact: resume "
+            f"from it explicitly (resume={os.fspath(p)!r})"
+        )
+    return f"the checkpoint {folder} cannot be resumed, and no other intact one is in {folder.parent}"
 
 
 def write_checkpoint(checkpoints_dir: str | os.PathLike[str], ck: Checkpoint) -> Path:
@@ -138,10 +197,12 @@ def list_checkpoints(checkpoints_dir: str | os.PathLike[str]) -> list[tuple[int,
 def prune_checkpoints(
     checkpoints_dir: str | os.PathLike[str], keep_last: int | None, current_step: int
 ) -> None:
-    """Remove the step folders after `current_step` (left by an abandoned continuation of the run) and
-    all but the newest `keep_last` of the others (None: keep them all)."""
+    """Remove the step folders after `current_step` (left by an abandoned continuation of the run), all
+    but the newest `keep_last` of the others (None: keep them all), and the hidden folders of writes a
+    killed process left half-done (`.step-N.<random>.tmp` / `.old`)."""
     found = list_checkpoints(checkpoints_dir)
     stale = [p for s, p in found if s > current_step]
+    stale += [p for p in Path(checkpoints_dir).glob(".step-*") if _LEFTOVER.match(p.name) and p.is_dir()]
     kept = [p for s, p in found if s <= current_step]
     if keep_last is not None:
         stale += kept[:-keep_last] if len(kept) > keep_last else []
@@ -179,6 +240,8 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise FormatError(path, f"not UTF-8 JSON ({exc})") from None
+    except RecursionError:
+        raise FormatError(path, "JSON nested too deeply to read") from None
 
 
 def _field(path: Path, obj: Any, key: str, kind: type | tuple[type, ...]) -> Any:
@@ -188,27 +251,40 @@ def _field(path: Path, obj: Any, key: str, kind: type | tuple[type, ...]) -> Any
     return obj[key]
 
 
+def _decode(path: Path, tree: Any, arrays: Mapping[str, np.ndarray] | None = None) -> Any:
+    """from_json_tree, its errors as a FormatError naming the file."""
+    try:
+        return from_json_tree(tree, arrays)
+    except (KeyError, ValueError) as exc:
+        raise FormatError(path, str(exc).strip("'\"")) from None
+    except RecursionError:
+        raise FormatError(path, "nested too deeply to read") from None
+
+
 def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """The checkpoint at `path` (anything `resolve_checkpoint` accepts); FormatError naming the file and
     the key for anything malformed."""
     folder = resolve_checkpoint(path)
+    try:
+        verify_checkpoint(folder)
+    except FormatError as exc:
+        raise FormatError(exc.path, f"{exc.message}; {_cannot_resume(folder)}") from None
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc}; {_cannot_resume(folder)}") from None
     state_path = folder / STATE_JSON
     raw_state = _read_json(state_path)
     fmt = _field(state_path, raw_state, "format", str)
     if fmt != STATE_FORMAT:
         raise FormatError(state_path, f"format {fmt!r} is not {STATE_FORMAT!r}")
     step = _field(state_path, raw_state, "step", int)
-    state = from_json_tree({k: v for k, v in raw_state.items() if k not in ("format", "step")})
+    state = _decode(state_path, {k: v for k, v in raw_state.items() if k not in ("format", "step")})
     opt_path = folder / OPTIMIZER_JSON
     raw_opt = _read_json(opt_path)
     names = _field(opt_path, raw_opt, "param_names", list)
     packed = _field(opt_path, raw_opt, "state_dict", dict)
     arrays = load_safetensors(folder / OPTIMIZER_ARRAYS)
-    try:
-        optimizer = from_json_tree(packed, arrays)
-    except (KeyError, ValueError) as exc:
-        raise FormatError(opt_path, str(exc)) from None
-    scheduler = from_json_tree(_read_json(folder / SCHEDULER_JSON))
+    optimizer = _decode(opt_path, packed, arrays)
+    scheduler = _decode(folder / SCHEDULER_JSON, _read_json(folder / SCHEDULER_JSON))
     if scheduler is not None and not isinstance(scheduler, dict):
         raise FormatError(folder / SCHEDULER_JSON, "expected a JSON object or null")
     config = _read_json(folder / CONFIG_JSON)

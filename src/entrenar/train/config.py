@@ -87,6 +87,10 @@ class TrainerConfig:
     progress        show a tqdm bar (stderr) and print the summary at the end
     plot            write plot.png (loss and accuracy against step) at the end
     resume          False; True: continue from output_dir's latest checkpoint; or a checkpoint path
+    nonfinite       what a step whose loss or gradients hold NaN or inf does: "stop" (raise
+                    FloatingPointError naming the step and the first such parameter; the last checkpoint
+                    stays the newest) or "skip" (no optimizer update for that step, as mixed-precision
+                    loss scaling does; the schedule still advances; train events count `skipped_steps`)
     extra           free-form JSON-able values saved with the config in every checkpoint (for example
                     the settings of the YAML file the run came from); the trainer does not read them
     """
@@ -105,6 +109,7 @@ class TrainerConfig:
     progress: bool = True
     plot: bool = True
     resume: bool | str | os.PathLike[str] = False
+    nonfinite: Literal["stop", "skip"] = "stop"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -143,6 +148,8 @@ class TrainerConfig:
         r = self.resume
         if not isinstance(r, (bool, str, os.PathLike)) or (not isinstance(r, bool) and not os.fspath(r)):
             raise ValueError(f"TrainerConfig: resume must be False, True or a checkpoint path, got {r!r}")
+        if self.nonfinite not in ("stop", "skip"):
+            raise ValueError(f"TrainerConfig: nonfinite must be 'stop' or 'skip', got {self.nonfinite!r}")
         if not isinstance(self.extra, dict):
             raise ValueError(f"TrainerConfig: extra must be a dict, got {type(self.extra).__name__}")
 

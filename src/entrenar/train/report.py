@@ -47,6 +47,8 @@ def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             if n == len(lines):  # the unterminated last line
                 break
             raise FormatError(p, f"line {n}: not JSON ({exc.msg})") from None
+        except RecursionError:
+            raise FormatError(p, f"line {n}: JSON nested too deeply to read") from None
         if not isinstance(event, dict) or not isinstance(event.get("step"), int):
             raise FormatError(p, f"line {n}: expected an object with an integer 'step'")
         events.append(event)

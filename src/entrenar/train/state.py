@@ -19,14 +19,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from entrenar.nn.module import Module
 
-__all__ = ["from_json_tree", "module_generators", "set_generator_states", "to_json_tree"]
+__all__ = ["LogWindow", "from_json_tree", "module_generators", "set_generator_states", "to_json_tree"]
 
+
+@dataclass
+class LogWindow:
+    """What the trainer's train events average over: the steps since the last event (`steps` made an
+    update, `skipped` had a non-finite loss or gradient). Saved in checkpoints, so a resumed run's next
+    event averages over the same steps as a straight run's."""
+
+    loss_sum: float = 0.0
+    steps: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+    sums: dict[str, Any] = field(default_factory=dict)
+    lr: float = 0.0
+    grad_norm: float | None = None
+    skipped: int = 0
+
+
+_ARRAY_DTYPES = frozenset({"bool", "float16", "float32", "float64"}) | {
+    f"{kind}int{bits}" for kind in ("", "u") for bits in (8, 16, 32, 64)
+}
 _TAGS = ("__float__", "__tuple__", "__items__", "__array__", "__ndarray__")
 
 
@@ -71,7 +92,8 @@ def _hashable(key: Any) -> Any:
 
 
 def from_json_tree(tree: Any, arrays: Mapping[str, np.ndarray] | None = None) -> Any:
-    """The structure `to_json_tree` encoded; KeyError naming a missing array, ValueError a bad tag."""
+    """The structure `to_json_tree` encoded; KeyError naming a missing array, ValueError a malformed
+    tag (a file can hold anything: every tag's payload is checked before it is used)."""
     if isinstance(tree, list):
         return [from_json_tree(v, arrays) for v in tree]
     if not isinstance(tree, dict):
@@ -80,21 +102,47 @@ def from_json_tree(tree: Any, arrays: Mapping[str, np.ndarray] | None = None) ->
     if not tags:
         return {k: from_json_tree(v, arrays) for k, v in tree.items()}
     tag = tags[0]
+    payload = tree[tag]
     if tag == "__float__":
-        if tree[tag] not in ("nan", "inf", "-inf"):
-            raise ValueError(f"state: bad non-finite float {tree[tag]!r}")
-        return float(tree[tag])
+        if payload not in ("nan", "inf", "-inf"):
+            raise ValueError(f"state: bad non-finite float {payload!r}")
+        return float(payload)
     if tag == "__tuple__":
-        return tuple(from_json_tree(v, arrays) for v in tree[tag])
+        if not isinstance(payload, list):
+            raise ValueError(f"state: __tuple__ must hold a list, got {type(payload).__name__}")
+        return tuple(from_json_tree(v, arrays) for v in payload)
     if tag == "__items__":
-        return {_hashable(from_json_tree(k, None)): from_json_tree(v, arrays) for k, v in tree[tag]}
+        if not isinstance(payload, list) or not all(isinstance(p, list) and len(p) == 2 for p in payload):
+            raise ValueError("state: __items__ must hold a list of [key, value] pairs")
+        out = {}
+        for k, v in payload:
+            key = _hashable(from_json_tree(k, None))
+            try:
+                hash(key)
+            except TypeError:
+                raise ValueError(f"state: __items__ key {k!r} cannot be a dict key") from None
+            out[key] = from_json_tree(v, arrays)
+        return out
     if tag == "__array__":
-        name = tree[tag]
-        if arrays is None or name not in arrays:
-            raise KeyError(f"state: the array {name!r} is missing from the saved arrays")
-        return arrays[name]
-    arr = np.array(tree["__ndarray__"], dtype=np.dtype(tree["dtype"]))
-    return arr.reshape(tuple(tree["shape"]))
+        if not isinstance(payload, str):
+            raise ValueError(f"state: __array__ must name an array, got {payload!r}")
+        if arrays is None or payload not in arrays:
+            raise KeyError(f"state: the array {payload!r} is missing from the saved arrays")
+        return arrays[payload]
+    return _inline_array(tree)
+
+
+def _inline_array(tree: dict[str, Any]) -> np.ndarray:
+    """{"__ndarray__": nested list, "dtype": name, "shape": [...]} -> the array; ValueError otherwise."""
+    dtype, shape = tree.get("dtype"), tree.get("shape")
+    if not isinstance(dtype, str) or dtype not in _ARRAY_DTYPES:
+        raise ValueError(f"state: __ndarray__ dtype must be one of {sorted(_ARRAY_DTYPES)}, got {dtype!r}")
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        raise ValueError(f"state: __ndarray__ shape must be a list of non-negative ints, got {shape!r}")
+    try:
+        return np.array(tree["__ndarray__"], dtype=np.dtype(dtype)).reshape(tuple(shape))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"state: __ndarray__ of dtype {dtype} and shape {shape}: {exc}") from None
 
 
 def module_generators(model: Module) -> dict[str, np.random.Generator]:

@@ -31,16 +31,22 @@ np.random.Generator the model's modules hold (dropout masks), the counters and t
 the checkpoint's step, so an interrupted and resumed run logs the same losses and ends with the same
 weights, bit for bit, as one that ran straight through. The model, optimizer, scheduler and loaders
 must be built as for the original run (the checkpoint restores their state, not their construction).
+
+Faults (see `entrenar.train.guards`): a run killed at any moment resumes from its last complete
+checkpoint with the same result; a step with a non-finite loss or gradient stops the run naming the step
+and the first such parameter (or, with nonfinite="skip", makes no update and is counted); Ctrl-C
+finishes the step, writes a checkpoint and raises KeyboardInterrupt (a second Ctrl-C raises at once);
+a checkpoint that cannot be written (disk full, read-only) raises an OSError naming the intact one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,10 +68,11 @@ from entrenar.train.checkpoint import (
     write_checkpoint,
 )
 from entrenar.train.config import EarlyStopping, TrainerConfig
+from entrenar.train.guards import Interrupts, checkpoint_write_error, first_nonfinite_grad
 from entrenar.train.metrics import add_sums, compute_metrics
 from entrenar.train.report import MetricsLog, plot_metrics
 from entrenar.train.result import TrainResult, count_samples
-from entrenar.train.state import module_generators, set_generator_states
+from entrenar.train.state import LogWindow, module_generators, set_generator_states
 
 __all__ = ["METRICS_FILE", "PLOT_FILE", "LossFn", "MetricsFn", "TrainLoader", "Trainer"]
 
@@ -81,19 +88,6 @@ class TrainLoader(Protocol):
 
     def __iter__(self) -> Iterator[Any]: ...
     def __len__(self) -> int: ...
-
-
-@dataclass
-class _Window:
-    """What the train events average over: the steps since the last one."""
-
-    loss_sum: float = 0.0
-    steps: int = 0
-    samples: int = 0
-    seconds: float = 0.0
-    sums: dict[str, Any] = field(default_factory=dict)
-    lr: float = 0.0
-    grad_norm: float | None = None
 
 
 class Trainer:
@@ -166,7 +160,9 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.last_metrics: dict[str, dict[str, float]] = {}
         self.resumed_from: Path | None = None
-        self._window = _Window()
+        self.skipped_steps = 0
+        self._interrupts: Interrupts | None = None
+        self._window = LogWindow()
         self._elapsed_before = 0.0
         self._session_start: float | None = None
 
@@ -198,17 +194,10 @@ class Trainer:
             "best": {"metric": self._tracked.metric, "value": self.best_value, "step": self.best_step},
             "bad_evals": self.bad_evals,
             "stopped_early": self.stopped_early,
+            "skipped_steps": self.skipped_steps,
             "last_eval_step": self.last_eval_step,
             "last_metrics": self.last_metrics,
-            "window": {
-                "loss_sum": w.loss_sum,
-                "steps": w.steps,
-                "samples": w.samples,
-                "seconds": w.seconds,
-                "sums": w.sums,
-                "lr": w.lr,
-                "grad_norm": w.grad_norm,
-            },
+            "window": dataclasses.asdict(w),
         }
 
     # ------------------------------------------------------------------------------ checkpoints
@@ -225,7 +214,10 @@ class Trainer:
             config=self.config.to_dict(),
         )
         root = self.config.path / CHECKPOINTS_DIR
-        path = write_checkpoint(root, ck)
+        try:
+            path = write_checkpoint(root, ck)
+        except OSError as exc:
+            raise checkpoint_write_error(exc, self.step, root, self.last_checkpoint) from exc
         prune_checkpoints(root, self.config.keep_last, self.step)
         self.last_save_step, self.last_checkpoint = self.step, path
         return path
@@ -264,8 +256,9 @@ class Trainer:
         self._elapsed_before = float(st["elapsed"])
         self.best_value, self.best_step = st["best"]["value"], st["best"]["step"]
         self.bad_evals, self.stopped_early = int(st["bad_evals"]), bool(st["stopped_early"])
+        self.skipped_steps = int(st.get("skipped_steps", 0))
         self.last_eval_step, self.last_metrics = st["last_eval_step"], st["last_metrics"]
-        self._window = _Window(**st["window"])
+        self._window = LogWindow(**st["window"])
         assert ck.path is not None  # read_checkpoint names the folder it read
         self.last_save_step, self.last_checkpoint, self.resumed_from = ck.step, ck.path, ck.path
         return ck.path
@@ -298,35 +291,56 @@ class Trainer:
         accum = self.config.grad_accumulation_steps
         self.model.train()
         self.optimizer.zero_grad()
-        losses = []
+        losses: list[float] = []
+        step_sums: dict[str, Any] = {}
         for _ in range(accum):
             batch = next(stream)
             loss, sums = self._call_loss(batch)
-            value = float(loss.item())
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"step {self.step + 1}: the loss is {value}; stopping (lower the lr?)"
-                )
+            losses.append(float(loss.item()))
             (loss if accum == 1 else loss * (1.0 / accum)).backward()
-            losses.append(value)
-            add_sums(self._window.sums, sums)
+            add_sums(step_sums, sums)
             self._window.samples += count_samples(batch)
             self.batches_seen += 1
-        grad_norm = None
-        if self.config.max_grad_norm is not None:
-            grad_norm = clip_grad_norm_(self._params, self.config.max_grad_norm)
+        step_loss = math.fsum(losses) / accum
         lr = float(self.optimizer.param_groups[0]["lr"])
-        self.optimizer.step()
+        w = self._window
+        bad = first_nonfinite_grad(self._param_names, [p.grad for p in self._params])
+        if bad is not None or not math.isfinite(step_loss):
+            self._nonfinite(step_loss, bad)  # raises, unless nonfinite="skip"
+            self.skipped_steps += 1
+            w.skipped += 1
+        else:
+            grad_norm = None
+            if self.config.max_grad_norm is not None:
+                grad_norm = clip_grad_norm_(self._params, self.config.max_grad_norm)
+            self.optimizer.step()
+            add_sums(w.sums, step_sums)
+            w.loss_sum += step_loss
+            w.steps += 1
+            w.grad_norm = grad_norm
         if self.scheduler is not None:
             self.scheduler.step()
         self.step += 1
-        step_loss = math.fsum(losses) / accum
-        w = self._window
-        w.loss_sum += step_loss
-        w.steps += 1
         w.seconds += time.perf_counter() - t0
-        w.lr, w.grad_norm = lr, grad_norm
+        w.lr = lr
         return step_loss
+
+    def _nonfinite(self, loss: float, param: str | None) -> None:
+        """Stop (the default) with a message naming the step, the loss and the first parameter whose
+        gradient is not finite; with nonfinite="skip" return, and the step makes no update."""
+        if self.config.nonfinite == "skip":
+            self.optimizer.zero_grad()
+            return
+        grads = "all gradients are finite" if param is None else f"the gradient of {param!r} is not finite"
+        kept = (
+            f"the last good checkpoint is {self.last_checkpoint}"
+            if self.last_checkpoint is not None
+            else "no checkpoint was written yet"
+        )
+        raise FloatingPointError(
+            f"step {self.step + 1}: the loss is {loss!r} and {grads} (the first in optimizer order); "
+            f"stopping: {kept}. Lower the lr or clip gradients, or set nonfinite='skip' to skip such steps"
+        )
 
     # ------------------------------------------------------------------------------ evaluation
     def evaluate(self, loader: Iterable[Any] | None = None) -> dict[str, float]:
@@ -361,13 +375,15 @@ class Trainer:
 
     def _log_train(self, log: MetricsLog) -> None:
         w = self._window
-        metrics = {**self.metrics_fn(w.sums), "loss": w.loss_sum / w.steps}
+        metrics = {**self.metrics_fn(w.sums), "loss": w.loss_sum / w.steps if w.steps else math.nan}
         metrics = {"loss": metrics.pop("loss"), "lr": w.lr, **metrics}
         extra: dict[str, Any] = {} if w.grad_norm is None else {"grad_norm": w.grad_norm}
+        if self.config.nonfinite == "skip":
+            extra["skipped_steps"] = self.skipped_steps
         speed = w.samples / w.seconds if w.seconds > 0 else 0.0
         log.append(self._event("train", metrics, **extra, samples_per_s=speed, elapsed=self.elapsed))
         self.last_metrics["train"] = {k: v for k, v in metrics.items() if k != "lr"}
-        self._window = _Window()
+        self._window = LogWindow()
 
     def _log_eval(self, log: MetricsLog) -> None:
         assert self.eval_loader is not None
@@ -407,6 +423,15 @@ class Trainer:
             )
         return log
 
+    def _stop_interrupted(self) -> None:
+        """After Ctrl-C: checkpoint this step (the open log window with it), raise KeyboardInterrupt."""
+        if self.last_save_step != self.step:
+            self.save_checkpoint()
+        raise KeyboardInterrupt(
+            f"interrupted at step {self.step}; the checkpoint {self.last_checkpoint} holds it: "
+            "continue with resume=True (entrenar train CONFIG --resume)"
+        )
+
     def train(self) -> TrainResult:
         """Run to the configured number of steps (or early stop); see the module docstring."""
         cfg = self.config
@@ -424,6 +449,7 @@ class Trainer:
         )
         self._session_start = time.perf_counter()
         try:
+            self._interrupts = Interrupts().__enter__()
             while self.step < total and not self.stopped_early:
                 loss = self._train_step(stream)
                 bar.update(1)
@@ -437,13 +463,18 @@ class Trainer:
                     self._log_eval(log)
                 if cfg.save_every and self.step % cfg.save_every == 0:
                     self.save_checkpoint()
-            if self._window.steps:
+                if self._interrupts.requested:
+                    self._stop_interrupted()
+            if self._window.steps or self._window.skipped:
                 self._log_train(log)
             if self.eval_loader is not None and self.last_eval_step != self.step:
                 self._log_eval(log)
             if self.last_save_step != self.step:
                 self.save_checkpoint()
         finally:
+            if self._interrupts is not None:
+                self._interrupts.__exit__(None, None, None)
+                self._interrupts = None
             bar.close()
             self._elapsed_before, self._session_start = self.elapsed, None
         plot = plot_metrics(log.path, cfg.path / PLOT_FILE) if cfg.plot else None
