@@ -55,6 +55,8 @@ def run_forked(out: Path, kill_after: float | None) -> bool:
             os.kill(proc.pid, signal.SIGKILL)
             killed = True
     proc.join(60)
+    if killed and proc.exitcode == 0:
+        killed = False  # it finished between the liveness check and the signal: a finished run
     assert proc.exitcode == (-signal.SIGKILL if killed else 0), proc.exitcode
     return killed
 
