@@ -146,16 +146,23 @@ def test_unwritable_directory_names_the_target(tmp_path: Path, monkeypatch: pyte
     assert _names(tmp_path) == []
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores directory permissions")
-def test_really_read_only_directory(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o555)
+def test_really_unwritable_directory(tmp_path: Path) -> None:
+    # Root ignores permission bits, so as root the unwritable directory is sysfs, which refuses new
+    # files even to root; otherwise a directory without write permission.
+    if os.geteuid() == 0:
+        locked = Path("/sys")
+        assert locked.is_dir()
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o555)
     try:
         with pytest.raises(PermissionError, match=str(locked / "f.bin")):
             atomic_write_bytes(locked / "f.bin", b"x")
     finally:
-        locked.chmod(0o755)
+        if locked != Path("/sys"):
+            locked.chmod(0o755)
+    assert not (locked / "f.bin").exists()
 
 
 def test_missing_directory_and_directory_target_are_named(tmp_path: Path) -> None:
