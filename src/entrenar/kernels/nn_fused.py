@@ -59,8 +59,10 @@ __all__ = [
     "gelu_forward",
     "layer_norm_backward",
     "layer_norm_forward",
+    "scatter_add_rows",
     "supports",
     "supports_layer_norm",
+    "supports_scatter_rows",
     "unavailable_reason",
 ]
 
@@ -106,7 +108,7 @@ def _compile_all() -> str | None:
         "_erf64", "_exp64", "_tanh32", "_gelu_erf32", "_gelu_tanh32", "_gelu_erf_grad32", "_gelu_tanh_grad32",
         "_gelu_erf64", "_gelu_tanh64", "_gelu_erf_grad64", "_gelu_tanh_grad64",
     )  # fmt: skip
-    loops = ("_gelu_fwd_loop", "_gelu_bwd_loop", "_ln_fwd_loop", "_ln_bwd_loop")
+    loops = ("_gelu_fwd_loop", "_gelu_bwd_loop", "_ln_fwd_loop", "_ln_bwd_loop", "_scatter_rows_loop")
     for name in helpers + loops:
         # One thread (no parallel=True), see the module docstring. The helpers are inlined in numba's
         # IR: left to LLVM's inliner, the float32 erf backward kept erf and exp as calls in the loop
@@ -356,6 +358,17 @@ def _ln_bwd_loop(
                 db[j] += g[i, j]
 
 
+# ---- embedding's backward: rows scatter-added into a table ----------------------------------------------
+
+
+def _scatter_rows_loop(idx: Any, rows: Any, out: Any) -> None:
+    # out[idx[n]] += rows[n], n in order: the additions np.add.at makes, in its order
+    for n in range(idx.shape[0]):
+        r = idx[n]
+        for j in range(rows.shape[1]):
+            out[r, j] += rows[n, j]
+
+
 # ---- entry points ----------------------------------------------------------------------------------------
 
 
@@ -433,3 +446,26 @@ def layer_norm_backward(
         dw.astype(x.dtype).reshape(shape) if needs[1] else None,
         db.astype(x.dtype).reshape(shape) if needs[2] else None,
     )
+
+
+def supports_scatter_rows(rows: Any, num_rows: int) -> bool:
+    """Whether `scatter_add_rows` takes rows (N, D): C-contiguous float32/float64 with at least
+    `MIN_SIZE` elements in rows or in the (num_rows, D) table, and numba available."""
+    ok = isinstance(rows, np.ndarray) and rows.ndim == 2 and rows.dtype in _DTYPES and rows.flags.c_contiguous
+    return ok and max(rows.size, num_rows * rows.shape[1]) >= MIN_SIZE and _load() is None
+
+
+def scatter_add_rows(idx: np.ndarray, rows: np.ndarray, num_rows: int) -> np.ndarray:
+    """A (num_rows, D) table of zeros with rows[n] added into row idx[n] for each n in order: what
+    `np.add.at(table, idx, rows)` gives, bit for bit. idx (N,) integers in [0, num_rows)."""
+    _require(rows)
+    if idx.ndim != 1 or idx.shape[0] != rows.shape[0] or idx.dtype.kind not in "iu":
+        raise ValueError(
+            f"scatter_add_rows: idx must be ({rows.shape[0]},) integers, got {idx.dtype} {idx.shape}"
+        )
+    if idx.size and (idx.min() < 0 or idx.max() >= num_rows):
+        bad = idx.min() if idx.min() < 0 else idx.max()
+        raise IndexError(f"scatter_add_rows: index {bad} is out of range for a table of {num_rows} rows")
+    out = np.zeros((num_rows, rows.shape[1]), dtype=rows.dtype)
+    _scatter_rows_loop(idx, rows, out)
+    return out

@@ -111,11 +111,14 @@ def multi_head_attention(
         )
     B, T, _ = q.shape
     S = k.shape[1]
-    mask = attention_bias(attention_mask, B, T, S, is_causal)
+    # Without padding, causal attention is asked for as is_causal (the same top-left mask), which
+    # the fused kernel takes; a mask array always goes the reference way.
+    mask = None if attention_mask is None else attention_bias(attention_mask, B, T, S, is_causal)
+    causal = is_causal and mask is None
     # (B, T, C) -> (B, H, T, D), likewise for k and v
     qh, kh, vh = split_heads(q, num_heads), split_heads(k, num_heads), split_heads(v, num_heads)
     out = F.scaled_dot_product_attention(
-        qh, kh, vh, attn_mask=mask, dropout_p=dropout_p, generator=generator
+        qh, kh, vh, attn_mask=mask, dropout_p=dropout_p, is_causal=causal, generator=generator
     )  # (B, H, T, D)
     return merge_heads(out)  # (B, H, T, D) -> (B, T, C)
 

@@ -13,6 +13,7 @@ import numpy as np
 from scipy import special
 
 from entrenar.autograd.registry import Arg, case, defop, public
+from entrenar.kernels import loss_fused
 from entrenar.tensor import Tensor, TensorLike
 
 __all__ = [
@@ -157,6 +158,13 @@ def _CrossEntropy(
     reduction: str,
     label_smoothing: float,
 ) -> Any:
+    if loss_fused.supports(x, weight, label_smoothing):
+        # one pass per row for the losses, saving (max, sum exp) per row (kernels/loss_fused.py)
+        ts, valid, wt = _target_weights(target, ignore_index, weight, x.dtype)
+        rows_loss, stats = loss_fused.cross_entropy_forward(x, ts)
+        denom = wt.sum()
+        out = _reduce(_drop(rows_loss * wt, valid).reshape(target.shape), reduction, denom)
+        return out, ("fused", x, stats, ts, wt, reduction, denom)
     z = _to_rows(x)  # (M, C)
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -173,12 +181,16 @@ def _CrossEntropy(
         loss = (1 - eps) * loss + (eps / c) * _drop(smooth, valid)
     denom = wt.sum()
     out = _reduce(loss.reshape(target.shape), reduction, denom)
-    return out, (e, se, ts, valid, wt, weight, eps, reduction, denom, x.shape)
+    return out, ("reference", e, se, ts, valid, wt, weight, eps, reduction, denom, x.shape)
 
 
 @_CrossEntropy.defbackward
 def _cross_entropy_backward(g: np.ndarray, saved: Any) -> Any:
-    e, se, ts, valid, wt, weight, eps, reduction, denom, shape = saved
+    if saved[0] == "fused":
+        _, x, stats, ts, wt, reduction, denom = saved
+        at = _upstream(g, reduction, denom).reshape(-1) * wt  # (M,)
+        return (loss_fused.cross_entropy_backward(x, ts, stats, at),)
+    _, e, se, ts, valid, wt, weight, eps, reduction, denom, shape = saved
     a = _upstream(g, reduction, denom).reshape(-1)  # (M,) or (1,)
     at = a * wt if eps == 0.0 else a * ((1 - eps) * wt)
     p = e / se[:, None]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from entrenar.autograd.registry import Arg, Gen, case, defop, public
-from entrenar.kernels import nn_fused
+from entrenar.kernels import attention_fused, nn_fused
 from entrenar.tensor import Tensor, TensorLike
 
 __all__ = [
@@ -243,9 +243,13 @@ def _Embedding(idx: np.ndarray, w: np.ndarray, *, padding_idx: int | None) -> An
 @_Embedding.defbackward
 def _embedding_backward(g: np.ndarray, saved: Any) -> Any:
     idx, shape, padding_idx = saved
-    gw = np.zeros(shape, dtype=g.dtype)
-    # (*idx.shape, D) rows scatter-added into their weight rows; repeated indices accumulate
-    np.add.at(gw, idx.reshape(-1), g.reshape(-1, shape[1]))
+    flat, rows = idx.reshape(-1), g.reshape(-1, shape[1])  # (*idx.shape, D) -> (N, D)
+    if nn_fused.supports_scatter_rows(rows, shape[0]):
+        gw = nn_fused.scatter_add_rows(flat, rows, shape[0])  # one pass, as the reference below
+    else:
+        gw = np.zeros(shape, dtype=g.dtype)
+        # rows scatter-added into their weight rows; repeated indices accumulate in order
+        np.add.at(gw, flat, rows)
     if padding_idx is not None:
         gw[padding_idx] = 0
     return None, gw
@@ -363,7 +367,12 @@ def _Attention(
     scale: float,
     dropout_p: float,
     generator: np.random.Generator | None,
+    is_causal: bool = False,
 ) -> Any:
+    if attention_fused.supports(q, k, v, bias is not None, is_causal, dropout_p):
+        # one task per (batch, head) pair, causal keys only (kernels/attention_fused.py); below: the reference
+        out, p = attention_fused.attention_forward(q, k, v, scale, is_causal)
+        return out, ("fused", q, k, v, p, is_causal, scale)
     s = q @ np.swapaxes(k, -1, -2)  # (..., L, E) @ (..., E, S) -> (..., L, S)
     s *= scale
     if bias is not None:
@@ -387,12 +396,16 @@ def _Attention(
         drop = _keep_scale(p.shape, dropout_p, generator, p.dtype)
         pd = p * drop
     out = pd @ v  # (..., L, S) @ (..., S, Ev) -> (..., L, Ev)
-    return out, (q, k, v, p, pd, drop, scale)
+    return out, ("reference", q, k, v, p, pd, drop, scale)
 
 
 @_Attention.defbackward
 def _attention_backward(g: np.ndarray, saved: Any, needs: tuple[bool, ...]) -> Any:
-    q, k, v, p, pd, drop, scale = saved
+    if saved[0] == "fused":
+        _, q, k, v, p, is_causal, scale = saved
+        grads = attention_fused.attention_backward(g, q, k, v, p, scale, is_causal)
+        return tuple(gr if need else None for gr, need in zip(grads, needs, strict=True))
+    _, q, k, v, p, pd, drop, scale = saved
     gq = gk = gv = None
     if needs[2]:
         gv = np.swapaxes(pd, -1, -2) @ g  # (..., S, L) @ (..., L, Ev) -> (..., S, Ev)
@@ -493,4 +506,6 @@ def scaled_dot_product_attention(
             raise TypeError(f"{op}: attn_mask must be bool or floating, got dtype {mask.dtype}")
     rng = _check_generator(op, generator) if 0.0 < dropout_p < 1.0 else None
     s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    return _Attention(query, key, value, bias=bias, scale=s, dropout_p=dropout_p, generator=rng)
+    return _Attention(
+        query, key, value, bias=bias, scale=s, dropout_p=dropout_p, generator=rng, is_causal=is_causal
+    )
