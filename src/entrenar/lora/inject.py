@@ -164,8 +164,8 @@ def replace_module(root: Module, name: str, new: Module) -> None:
 
 # ----------------------------------------------------------------------------------- injection
 def find_targets(model: Module, config: LoraConfig) -> list[tuple[str, Module]]:
-    """(name, module) of every module `config` targets, checked: each must be a Linear, QuantLinear or
-    LoraLinear. Raises ValueError when nothing matches, naming the model's Linear layers."""
+    """(name, module) of every module `config` targets, checked: each must be a Linear, QuantLinear,
+    GGMLLinear or LoraLinear. Raises ValueError when nothing matches, naming the model's Linear layers."""
     if config.target_modules is None:
         raise ValueError(
             "LoraConfig: target_modules is required: a list of module-name suffixes "
@@ -180,7 +180,8 @@ def find_targets(model: Module, config: LoraConfig) -> list[tuple[str, Module]]:
         elif hit and not (is_linear(module) or isinstance(module, LoraLinear)):
             raise ValueError(
                 f"LoRA: target_modules matched {name!r}, a {type(module).__name__}; only Linear and "
-                "QuantLinear layers can be adapted (name the Linear layers inside it instead)"
+                "QuantLinear (or packed GGMLLinear) layers can be adapted (name the Linear layers inside "
+                "it instead)"
             )
         elif hit:
             targets.append((name, module))

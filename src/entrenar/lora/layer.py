@@ -8,7 +8,8 @@ Parameters are PEFT's names: `base_layer.weight`, `lora_A.<a>.weight`, `lora_B.<
 `lora_B.<a>.bias` with lora_bias), `lora_magnitude_vector.<a>.weight` for DoRA. Everything is written
 with entrenar ops, so autograd needs nothing here. Merging writes delta W into the base weight
 (W += s B A; DoRA: see `entrenar.lora.dora`), unmerging takes it out again; a quantized base is
-dequantized, changed and re-quantized, and the rounding that causes is reported.
+dequantized, changed and re-quantized (a GGML base into its own Q4_0 / Q4_1 / Q8_0 kind), and the
+rounding that causes is reported.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from entrenar.autograd.tape import no_grad
-from entrenar.lora.base import QuantReport, is_quantized, read_weight, weight_dtype, write_weight
+from entrenar.lora.base import QuantReport, is_quantized, read_weight, set_codes, weight_dtype, write_weight
 from entrenar.lora.config import LoraConfig
 from entrenar.lora.dora import DoraLinearLayer, dora_delta, dora_merge, dora_unmerge
 from entrenar.nn import init
@@ -40,7 +41,7 @@ class Identity(Module):
 
 
 class LoraLinear(Module):
-    """A base Linear/QuantLinear wrapped with LoRA adapters; see the module docstring for the math.
+    """A base Linear/QuantLinear/GGMLLinear wrapped with LoRA adapters; see the module docstring for the math.
 
     `active_adapters` are summed in order; `merged_adapters` lists what is merged into the base
     (the forward then runs the base alone); `disable_adapters` gives the base output (unmerging first,
@@ -281,7 +282,7 @@ class LoraLinear(Module):
                 if self.lora_bias[name] and bias is not None and self.lora_B[name].bias is not None:
                     bias.data -= self.lora_B[name].bias.data * self.scaling[name]  # type: ignore[union-attr]
             if self._premerge_qweight is not None:
-                self.base_layer.qweight = self._premerge_qweight
+                set_codes(self.base_layer, self._premerge_qweight)
                 self._premerge_qweight = None
             else:
                 write_weight(self.base_layer, self._unmerged_weight())

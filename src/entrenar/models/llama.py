@@ -14,6 +14,11 @@ dimension i < D/2 is paired with i + D/2 and rotated by the angle p * theta_i, t
 Grouped-query attention: H query heads share Hkv key/value heads, query head h reads kv head
 h // (H / Hkv); it is computed by broadcasting, (B, Hkv, G, T, D) queries against (B, Hkv, 1, S, D)
 keys, with no copies of k and v. A `KVCache` holds past keys and values for generation.
+
+`gradient_checkpointing_enable()` (Hugging Face's name) runs each decoder layer under
+`entrenar.nn.checkpoint.checkpoint` while training without a cache: a layer's activations are
+recomputed in backward instead of kept, so training holds one layer's activations plus each
+layer's (B, T, C) input.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import numpy as np
 
 from entrenar import functional as F
 from entrenar.models.checkpoint import checkpoint_dir, read_json, read_tensors
+from entrenar.models.limits import check_parameter_count, check_sizes, llama_parameter_count
+from entrenar.nn.checkpoint import checkpoint
 from entrenar.nn.layers import Embedding, Linear, RMSNorm
 from entrenar.nn.module import Module
 from entrenar.tensor import Tensor, TensorLike
@@ -111,6 +118,8 @@ class LlamaConfig:
         if d.get("hidden_act", "silu") != "silu":
             raise ValueError(f"{where}: hidden_act {d['hidden_act']!r} is not supported (expected 'silu')")
         rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            raise ValueError(f"{where}: rope_parameters / rope_scaling must be an object, got {rope!r}")
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type != "default":
             raise ValueError(f"{where}: rope_type {rope_type!r} is not supported (only 'default' RoPE)")
@@ -129,7 +138,12 @@ class LlamaConfig:
         ]
         if missing:
             raise ValueError(f"{where}: missing keys {', '.join(missing)}")
-        return cls(**fields, rope_theta=float(theta))
+        check_sizes(f"{where}: ", d)  # before anything is allocated: see entrenar.models.limits
+        check_parameter_count(f"{where}: ", llama_parameter_count(d))
+        try:
+            return cls(**fields, rope_theta=float(theta))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"{where}: {exc}") from None
 
 
 def rotary_tables(positions: np.ndarray, head_dim: int, base: float, dtype: Any) -> tuple[Tensor, Tensor]:
@@ -274,6 +288,7 @@ class LlamaModel(Module):
             LlamaDecoderLayer(c, dtype=dtype, generator=generator) for _ in range(c.num_hidden_layers)
         ]
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, dtype=dtype)
+        self.gradient_checkpointing = False
 
     def forward(
         self, input_ids: TensorLike, attention_mask: TensorLike | None = None, cache: KVCache | None = None
@@ -304,8 +319,9 @@ class LlamaModel(Module):
                     f"1 for real tokens, got {m.shape}"
                 )
             mask = mask & (m != 0)[:, None, None, None, :]  # (B, S) -> (B, 1, 1, 1, S) & (T, S)
+        recompute = self.gradient_checkpointing and self.training and cache is None
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, cache, i)
+            x = checkpoint(layer, x, cos, sin, mask) if recompute else layer(x, cos, sin, mask, cache, i)
         return self.norm(x)
 
 
@@ -333,6 +349,29 @@ class LlamaForCausalLM(Module):
 
     def new_cache(self) -> KVCache:
         return KVCache(self.config.num_hidden_layers)
+
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None
+    ) -> None:
+        """Recompute each decoder layer in backward while training (see the module docstring).
+
+        gradient_checkpointing_kwargs is accepted for Hugging Face's signature; only
+        {"use_reentrant": False} (the only scheme implemented) may be given.
+        """
+        kwargs = dict(gradient_checkpointing_kwargs or {})
+        if kwargs.pop("use_reentrant", False) or kwargs:
+            raise ValueError(
+                f"gradient_checkpointing_enable: unsupported gradient_checkpointing_kwargs "
+                f"{gradient_checkpointing_kwargs!r}; only {{'use_reentrant': False}} is accepted"
+            )
+        self.model.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.model.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.model.gradient_checkpointing
 
 
 def llama_from_pretrained(path: str | os.PathLike[str], *, dtype: Any = np.float32) -> LlamaForCausalLM:

@@ -24,6 +24,7 @@ import numpy as np
 from entrenar import functional as F
 from entrenar.nn import init
 from entrenar.nn.attention import _head_dim, multi_head_attention
+from entrenar.nn.checkpoint import checkpoint
 from entrenar.nn.layers import Dropout, Embedding, LayerNorm, Linear
 from entrenar.nn.module import IncompatibleKeys, Module
 from entrenar.tensor import Tensor, TensorLike
@@ -245,15 +246,18 @@ class BertLayer(Module):
 
 
 class BertEncoder(Module):
-    """`layer`: a list of num_hidden_layers BertLayers."""
+    """`layer`: a list of num_hidden_layers BertLayers. With `gradient_checkpointing` set, each layer
+    runs under `entrenar.nn.checkpoint.checkpoint` while training (recomputed in backward)."""
 
     def __init__(self, c: BertConfig, dtype: Any, rng: np.random.Generator) -> None:
         super().__init__()
         self.layer = [BertLayer(c, dtype, rng) for _ in range(c.num_hidden_layers)]
+        self.gradient_checkpointing = False
 
     def forward(self, x: Tensor, attention_mask: TensorLike | None) -> Tensor:
+        recompute = self.gradient_checkpointing and self.training
         for layer in self.layer:
-            x = layer(x, attention_mask)
+            x = checkpoint(layer, x, attention_mask) if recompute else layer(x, attention_mask)
         return x
 
 
@@ -289,6 +293,31 @@ class BertPreTrainedModel(Module):
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
         kept = {k: v for k, v in state_dict.items() if k.rpartition(".")[2] != "position_ids"}
         return super().load_state_dict(kept, strict)
+
+    def gradient_checkpointing_enable(
+        self, gradient_checkpointing_kwargs: dict[str, Any] | None = None
+    ) -> None:
+        """Recompute each encoder layer in backward while training (Hugging Face's method name);
+        only {"use_reentrant": False} may be given as gradient_checkpointing_kwargs."""
+        kwargs = dict(gradient_checkpointing_kwargs or {})
+        if kwargs.pop("use_reentrant", False) or kwargs:
+            raise ValueError(
+                f"gradient_checkpointing_enable: unsupported gradient_checkpointing_kwargs "
+                f"{gradient_checkpointing_kwargs!r}; only {{'use_reentrant': False}} is accepted"
+            )
+        self._set_checkpointing(True)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self._set_checkpointing(False)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(m.gradient_checkpointing for m in self.modules() if isinstance(m, BertEncoder))
+
+    def _set_checkpointing(self, on: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, BertEncoder):
+                m.gradient_checkpointing = on
 
 
 class BertModel(BertPreTrainedModel):
