@@ -68,8 +68,9 @@ def write_tiny_gguf(
     return path
 
 
-def write_tiny_tokenizer_gguf(path: Path, pre: str = "smollm") -> Path:
-    """The tiny model plus a byte-level BPE vocabulary: 256 byte symbols, a few merges, one control token."""
+def write_tiny_tokenizer_gguf(path: Path, pre: str = "smollm", chat_template: str | None = None) -> Path:
+    """The tiny model plus a byte-level BPE vocabulary: 256 byte symbols, a few merges, one control token
+    (and `tokenizer.chat_template` when given)."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     symbols = list(bytes_to_unicode().values())
@@ -94,6 +95,8 @@ def write_tiny_tokenizer_gguf(path: Path, pre: str = "smollm") -> Path:
     w.add_token_merges(merges)
     w.add_eos_token_id(0)
     w.add_bos_token_id(0)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
     for name, p in model.state_dict().items():
         if name != "lm_head.weight":
             w.add_tensor(hf_to_gguf_name(name), p.detach().numpy().astype(np.float32))

