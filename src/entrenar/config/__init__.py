@@ -24,6 +24,8 @@ from entrenar.config.load import (
 )
 from entrenar.config.schema import (
     MINILM,
+    SMOLLM2,
+    CausalLMSection,
     DataSection,
     EarlyStoppingSection,
     LoraSection,
@@ -39,6 +41,8 @@ from entrenar.config.schema import (
 __all__ = [
     "DEFAULT_CONFIG",
     "MINILM",
+    "SMOLLM2",
+    "CausalLMSection",
     "ConfigError",
     "DataSection",
     "EarlyStoppingSection",

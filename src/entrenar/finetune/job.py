@@ -13,6 +13,10 @@ optimizer.head_lr, both with weight_decay; everything else is frozen (a 4-bit ba
 weights at all). The rate follows linear warmup from 0 over schedule.warmup of the steps, then the
 schedule's decay. A resumed run rebuilds the same model, loaders, optimizer and scheduler from the
 run's saved config and lets the Trainer restore their state from the latest checkpoint.
+
+Data parallel (`execute_job(..., comm=world())`, as `mpiexec -n 2 entrenar train` does): every rank
+prepares the same job and trains on its shard of each batch (see `entrenar.distributed`); rank 0
+alone writes the run directory, and the others wait for it before they read it.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from entrenar.config import MINILM, RunConfig, config_diff, dump_config
+from entrenar.distributed import Communicator, SingleProcess
 from entrenar.finetune.data import BucketedLoader, Splits, count_truncated, load_splits
 from entrenar.finetune.model import HEAD_FILE, SequenceClassifier, build_classifier, write_head
 from entrenar.finetune.probe import ProbeResult, run_probe
@@ -49,6 +54,9 @@ from entrenar.optim.lr_scheduler import LRScheduler
 from entrenar.train import EarlyStopping, Trainer, TrainerConfig, TrainResult, classification_loss
 from entrenar.train.checkpoint import CHECKPOINTS_DIR, LATEST
 from entrenar.train.trainer import METRICS_FILE
+
+if TYPE_CHECKING:
+    from entrenar.finetune.causal import PreparedCausalJob
 
 __all__ = [
     "JobResult",
@@ -246,9 +254,14 @@ def _loader(
 
 def prepare_job(
     config: RunConfig, *, overwrite: bool = False, resume: bool = False, log: Log = print
-) -> PreparedJob:
+) -> PreparedJob | PreparedCausalJob:
     """Check and load everything a run needs, writing nothing: the model folder, the run directory
-    (see `_check_run_dir`), the data and its tokenization, the model. Errors here are bad input."""
+    (see `_check_run_dir`), the data and its tokenization, the model. Errors here are bad input.
+    task "causal_lm" is the decoder language-model job of `entrenar.finetune.causal`."""
+    if config.task == "causal_lm":
+        from entrenar.finetune.causal import prepare_causal_job
+
+        return prepare_causal_job(config, overwrite=overwrite, resume=resume, log=log)
     t0 = time.perf_counter()
     config = resolve_paths(config)
     model_dir = resolve_model_dir(config.model.path)
@@ -294,7 +307,7 @@ def prepare_job(
     )  # fmt: skip
 
 
-def _probe(p: PreparedJob, log: Log) -> dict[str, Any] | None:
+def _probe(p: PreparedJob, log: Log, writer: bool = True) -> dict[str, Any] | None:
     """The linear probe (BEFORE), or its saved result on resume; the head keeps the probe's weights
     when probe.init_head, else its fresh ones."""
     pr = p.config.training.probe
@@ -319,7 +332,8 @@ def _probe(p: PreparedJob, log: Log) -> dict[str, Any] | None:
     if not pr.init_head:
         model.classifier.load_state_dict(fresh)
     before = {**result.to_dict(), "train_examples": len(train)}
-    write_json_file(path, before)
+    if writer:
+        write_json_file(path, before)
     return before
 
 
@@ -327,20 +341,40 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
-def execute_job(p: PreparedJob, log: Log = print) -> JobResult:
-    """Run a prepared job: remove the old run (--overwrite), probe, train, evaluate, write the files."""
+
+def open_run_dir(
+    config: RunConfig, run_dir: Path, *, overwrite: bool, resume: bool, log: Log, comm: Communicator
+) -> bool:
+    """Prepare the run directory on rank 0 (remove the previous run under --overwrite, create it,
+    write the config unless resuming) while the other ranks wait; True on the rank that writes."""
+    writer = comm.rank == 0
+    if writer and overwrite and not resume and run_dir.is_dir() and any(run_dir.iterdir()):
+        shutil.rmtree(run_dir)
+        log(f"removed the previous run in {run_dir} (--overwrite)")
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    if writer and not resume:
+        atomic_write_text(run_dir / CONFIG_FILE, dump_config(config))
+    comm.barrier()  # the others look at the run directory only once rank 0 has prepared it
+    return writer
+
+def execute_job(
+    p: PreparedJob | PreparedCausalJob, log: Log = print, comm: Communicator | None = None
+) -> JobResult:
+    """Run a prepared job: remove the old run (--overwrite), probe, train, evaluate, write the files
+    (`comm`: data parallel over its ranks, rank 0 writing)."""
+    if not isinstance(p, PreparedJob):
+        from entrenar.finetune.causal import execute_causal_job
+
+        return execute_causal_job(p, log, comm)
     t_start = time.perf_counter()
     config, run_dir, model = p.config, p.run_dir, p.model
     seconds = dict(p.seconds)
-    if p.overwrite and not p.resume and run_dir.is_dir() and any(run_dir.iterdir()):
-        shutil.rmtree(run_dir)
-        log(f"removed the previous run in {run_dir} (--overwrite)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not p.resume:
-        atomic_write_text(run_dir / CONFIG_FILE, dump_config(config))
+    comm = SingleProcess() if comm is None else comm
+    writer = open_run_dir(config, run_dir, overwrite=p.overwrite, resume=p.resume, log=log, comm=comm)
 
     t0 = time.perf_counter()
-    before = _probe(p, log)
+    before = _probe(p, log, writer)
     seconds["probe"] = time.perf_counter() - t0
     if before is not None:
         shown = ", ".join(f"{k} {_pct(v)}" for k, v in before["accuracy"].items()) or "no split to measure"
@@ -357,6 +391,7 @@ def execute_job(p: PreparedJob, log: Log = print) -> JobResult:
         scheduler=scheduler,
         eval_loader=p.val_loader,
         config=tc,
+        comm=comm,
     )
     t0 = time.perf_counter()
     result = trainer.train()
@@ -371,10 +406,12 @@ def execute_job(p: PreparedJob, log: Log = print) -> JobResult:
     seconds["evaluate"] = time.perf_counter() - t0
     encoder = model.encoder
     assert isinstance(encoder, PeftModel)  # build_classifier wraps the encoder
-    encoder.save_pretrained(run_dir / ADAPTER_DIR)
-    write_head(model, run_dir / HEAD_FILE, p.splits.label_names)
     seconds["total"] = time.perf_counter() - t_start + p.seconds["prepare"] + p.seconds["build_model"]
     peak = peak_memory_bytes()
+    if not writer:
+        return JobResult(run_dir, before, after, result, seconds, peak)
+    encoder.save_pretrained(run_dir / ADAPTER_DIR)
+    write_head(model, run_dir / HEAD_FILE, p.splits.label_names)
     write_json_file(
         run_dir / RESULTS_FILE,
         {
@@ -385,6 +422,7 @@ def execute_job(p: PreparedJob, log: Log = print) -> JobResult:
             "stopped_early": result.stopped_early,
             "seconds": seconds,
             "peak_memory_bytes": peak,
+            "ranks": comm.size,  # data-parallel processes (peak memory is rank 0's)
         },
     )
     log(

@@ -137,6 +137,11 @@ def load_run(path: str | os.PathLike[str]) -> FinishedRun:
     adapter from adapter/, the head from head.safetensors."""
     run_dir = Path(path)
     config = run_config(run_dir)
+    if config.task == "causal_lm":
+        raise RunError(
+            f"{run_dir} is a causal_lm run (a language model, not a classifier): load its adapter with "
+            f"PeftModel.from_pretrained(llama_from_gguf(<the GGUF>), '{run_dir / ADAPTER_DIR}')"
+        )
     adapter, head = run_dir / ADAPTER_DIR, run_dir / HEAD_FILE
     if not adapter.is_dir() or not head.is_file():
         hint = (
