@@ -77,7 +77,7 @@ def test_wrong_architecture_names_it_and_the_supported_ones(tmp_path: Path) -> N
         ({"hidden_act": "tanh"}, r"config\.json: BertConfig: hidden_act must be one of"),
         (
             {"num_attention_heads": "4"},
-            r"config\.json: BertConfig: num_attention_heads must be a positive int",
+            r"config\.json: num_attention_heads must be an int in \[1, 4,096\], got .4.",
         ),
         ({"architectures": "BertModel"}, r"'architectures' must be a list of class names"),
     ],

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from fault_run import build
-from fuzzing import EXAMPLES, SWEEP, check_reader, fuzz, hostile_docs, mutations, sweep
+from fuzzing import EXAMPLES, PER_READER, SWEEP, check_reader, fuzz, hostile_docs, mutations, run_sweep
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -31,11 +31,6 @@ SAMPLE = {
     "ids": np.array([7, -1], dtype=np.int64),
     "half": np.array([0.5, 2.0], dtype=np.float16),
 }
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("fuzz")
 
 
 # ------------------------------------------------------------------------------ safetensors
@@ -64,7 +59,7 @@ def test_fuzz_safetensors(folder: Path, weights: bytes, data: st.DataObject) -> 
     )
     path = folder / "fuzz.safetensors"
     path.write_bytes(blob)
-    check_reader(lambda: load_safetensors(path), path, (FormatError,))
+    check_reader(lambda: load_safetensors(path), path, (FormatError,), "safetensors")
 
 
 def test_a_header_claiming_terabytes_is_refused_at_once(folder: Path) -> None:
@@ -92,7 +87,7 @@ CONFIG = default_config_text().encode()
 def test_fuzz_yaml_config(folder: Path, data: bytes) -> None:
     path = folder / "run.yaml"
     path.write_bytes(data)
-    check_reader(lambda: load_config(path), path, (ConfigError,))
+    check_reader(lambda: load_config(path), path, (ConfigError,), "yaml-config")
 
 
 def test_yaml_never_runs_code(folder: Path) -> None:
@@ -169,22 +164,23 @@ def test_fuzz_checkpoint_json(checkpoint: Path, scratch_checkpoint: Path, data: 
     path.write_bytes(blob)
     reseal(scratch_checkpoint)
     try:
-        check_reader(lambda: read_checkpoint(scratch_checkpoint), path, (FormatError,))
+        check_reader(lambda: read_checkpoint(scratch_checkpoint), path, (FormatError,), "checkpoint")
     finally:
         path.write_bytes(valid)
         reseal(scratch_checkpoint)
 
 
 # ------------------------------------------------------------------------------ byte sweeps
-@pytest.mark.parametrize("reader", ["safetensors", "yaml", "checkpoint"])
+@pytest.mark.parametrize("reader", ["safetensors", "yaml-config", "checkpoint"])
 def test_byte_sweep(
     folder: Path, weights: bytes, checkpoint: Path, scratch_checkpoint: Path, reader: str
 ) -> None:
     """Thousands of seeded mutations of each valid file: accepted, or refused by the reader's own error."""
+    assert EXAMPLES + SWEEP >= PER_READER
     if reader == "safetensors":
         path, valid, allowed = folder / "sweep.safetensors", weights, (FormatError,)
         read: Any = lambda: load_safetensors(path)  # noqa: E731
-    elif reader == "yaml":
+    elif reader == "yaml-config":
         path, valid, allowed = folder / "sweep.yaml", CONFIG, (ConfigError,)
         read = lambda: load_config(path)  # noqa: E731
     else:  # unsealed: every mutation must be caught, by the checksums first
@@ -194,11 +190,7 @@ def test_byte_sweep(
             (FormatError,),
         )
         read = lambda: read_checkpoint(scratch_checkpoint)  # noqa: E731
-    accepted = 0
-    for data in sweep(valid, SWEEP if reader != "yaml" else SWEEP // 2):
-        path.write_bytes(data)
-        accepted += check_reader(read, path, allowed) and data != valid
-    path.write_bytes(valid)
+    accepted = run_sweep(valid, path, read, allowed, reader)
     assert accepted < SWEEP
     if reader == "checkpoint":
         assert accepted == 0

@@ -86,3 +86,48 @@ def test_a_json_adapter_value_too_large_for_its_dtype(tmp_path: Path) -> None:
     (tmp_path / "adapter.json").write_text(json.dumps(doc))
     with pytest.raises(FormatError, match=r"adapter\.json: tensor .* a value is too large for float16"):
         read_adapter(tmp_path)
+
+
+# ------------------------------------------------------------------------------ second round (issue 7)
+LLAMA = {
+    "model_type": "llama",
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "intermediate_size": 48,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"rope_scaling": [1]}, r"rope_parameters / rope_scaling must be an object"),  # was AttributeError
+        ({"rope_theta": [1]}, r"float\(\) argument must be"),  # was TypeError
+        ({"rope_theta": "abc"}, r"could not convert string to float"),  # was a ValueError naming no file
+        ({"rms_norm_eps": "x"}, r"not supported between"),  # was TypeError
+        ({"vocab_size": "64"}, r"vocab_size must be an int in \[1, 4,194,304\], got '64'"),  # named no file
+        ({"vocab_size": None}, r"vocab_size must be an int in \[1, 4,194,304\], got None"),
+        ({"hidden_size": 10**9}, r"hidden_size must be an int in \[1, 131,072\]"),  # was accepted
+    ],
+)
+def test_a_hostile_llama_config_json_is_a_value_error_naming_the_file(
+    extra: dict[str, Any], message: str
+) -> None:
+    from entrenar.models import LlamaConfig
+
+    with pytest.raises(ValueError, match=rf"^/x/config\.json: .*{message}"):
+        LlamaConfig.from_dict({**LLAMA, **extra}, "/x/config.json")
+
+
+def test_a_gguf_tensor_with_an_unknown_name_is_a_value_error(tmp_path: Path) -> None:
+    """Was KeyError: "no gguf -> hf name for tensor 'blk.0.ffn_Norm.weight'" (a flipped bit in a name)."""
+    from test_fuzz_gguf import write_gguf
+
+    from entrenar.models.gguf import llama_from_gguf
+
+    path = write_gguf(tmp_path / "m.gguf")
+    blob = path.read_bytes()
+    path.write_bytes(blob.replace(b"blk.0.ffn_norm.weight", b"blk.0.ffn_Norm.weight"))
+    with pytest.raises(ValueError, match=rf"{path}: tensor 'blk\.0\.ffn_Norm\.weight': no gguf -> hf name"):
+        llama_from_gguf(path)

@@ -29,6 +29,7 @@ from numpy.typing import DTypeLike
 
 from entrenar.io import FormatError, atomic_write_text
 from entrenar.models.checkpoint import CONFIG_NAME, checkpoint_dir, read_json, read_tensors, write_tensors
+from entrenar.models.limits import bert_parameter_count, check_parameter_count, check_sizes
 from entrenar.nn.bert import BertConfig, BertForSequenceClassification, BertModel
 
 __all__ = [
@@ -110,6 +111,8 @@ def read_bert_config(path: str | os.PathLike[str]) -> BertConfig:
         if raw.get(flag):
             raise UnsupportedModelError(f"{file}: {flag}=true is not supported; supported: encoders only")
     try:
+        check_sizes("", raw)  # before anything is allocated: see entrenar.models.limits
+        check_parameter_count("", bert_parameter_count(raw))
         return BertConfig.from_dict(raw)
     except (TypeError, ValueError) as exc:
         raise FormatError(file, str(exc)) from None

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from entrenar.models.limits import check_parameter_count, check_sizes, llama_parameter_count
 from entrenar.models.llama import LlamaConfig, LlamaForCausalLM
 from entrenar.nn.layers import Linear
 from entrenar.quant.ggml import GGML_TYPE_BYTES, GGMLLinear, GGMLTensor
@@ -107,48 +108,67 @@ def _field(reader: Any, key: str, default: Any = None) -> Any:
     return default if f is None else f.contents()
 
 
+_SIZE_KEYS = {  # LlamaConfig field -> the GGUF metadata key that holds it
+    "num_hidden_layers": "llama.block_count",
+    "hidden_size": "llama.embedding_length",
+    "intermediate_size": "llama.feed_forward_length",
+    "num_attention_heads": "llama.attention.head_count",
+    "num_key_value_heads": "llama.attention.head_count_kv",
+    "max_position_embeddings": "llama.context_length",
+    "vocab_size": "llama.vocab_size",
+}
+
+
 def gguf_config(reader: Any, where: str = "GGUF") -> LlamaConfig:
-    """A LlamaConfig from the `llama.*` metadata; an architecture other than llama is an error."""
+    """A LlamaConfig from the `llama.*` metadata; an architecture other than llama is an error. Sizes
+    are checked against `entrenar.models.limits` (ValueError naming the metadata key and the limit)
+    before anything is allocated."""
     arch = _field(reader, "general.architecture")
     if arch != "llama":
         raise ValueError(f"{where}: architecture {arch!r} is not supported (only 'llama')")
     names = {t.name for t in reader.tensors}
-    tokens = _field(reader, "tokenizer.ggml.tokens")
-    need = {
-        k: _field(reader, f"llama.{k}")
-        for k in ("block_count", "embedding_length", "feed_forward_length", "attention.head_count")
-    }
-    missing = [f"llama.{k}" for k, v in need.items() if v is None]
+    sizes = {name: _field(reader, key) for name, key in _SIZE_KEYS.items()}
+    required = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads")
+    missing = [_SIZE_KEYS[k] for k in required if sizes[k] is None]
     if missing:
         raise ValueError(f"{where}: metadata lacks {', '.join(missing)}")
-    heads = int(need["attention.head_count"])
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    if sizes["vocab_size"] is None:
+        if not isinstance(tokens, list):
+            raise ValueError(f"{where}: metadata lacks llama.vocab_size and tokenizer.ggml.tokens")
+        sizes["vocab_size"] = len(tokens)
+    sizes["num_key_value_heads"] = sizes["num_key_value_heads"] or sizes["num_attention_heads"]
+    sizes["max_position_embeddings"] = sizes["max_position_embeddings"] or 2048
+    tied = "output.weight" not in names
+    check_sizes(f"{where}: ", sizes, _SIZE_KEYS)
+    check_parameter_count(f"{where}: ", llama_parameter_count({**sizes, "tie_word_embeddings": tied}))
+    heads, hidden = sizes["num_attention_heads"], sizes["hidden_size"]
     rope_dim = _field(reader, "llama.rope.dimension_count")
-    hidden = int(need["embedding_length"])
-    if rope_dim is not None and int(rope_dim) != hidden // heads:
-        raise ValueError(f"{where}: partial rotary (llama.rope.dimension_count {rope_dim}) is not supported")
+    if rope_dim is not None and rope_dim != hidden // heads:
+        raise ValueError(
+            f"{where}: partial rotary (llama.rope.dimension_count {rope_dim!r}) is not supported"
+        )
     if _field(reader, "llama.rope.scaling.type", "none") not in ("none", None):
         raise ValueError(
             f"{where}: rope scaling {_field(reader, 'llama.rope.scaling.type')!r} is not supported"
         )
-    vocab = _field(reader, "llama.vocab_size", None if tokens is None else len(tokens))
-    return LlamaConfig(
-        vocab_size=int(vocab),
-        hidden_size=hidden,
-        intermediate_size=int(need["feed_forward_length"]),
-        num_hidden_layers=int(need["block_count"]),
-        num_attention_heads=heads,
-        num_key_value_heads=int(_field(reader, "llama.attention.head_count_kv", heads)),
-        max_position_embeddings=int(_field(reader, "llama.context_length", 2048)),
-        rms_norm_eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_theta=float(_field(reader, "llama.rope.freq_base", 10000.0)),
-        tie_word_embeddings="output.weight" not in names,
-        bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
-        eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),
-    )
+    try:
+        return LlamaConfig(
+            **sizes,
+            rms_norm_eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
+            rope_theta=float(_field(reader, "llama.rope.freq_base", 10000.0)),
+            tie_word_embeddings=tied,
+            bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
+            eos_token_id=_field(reader, "tokenizer.ggml.eos_token_id"),
+        )
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def read_gguf_tensors(reader: Any, config: LlamaConfig, where: str = "GGUF") -> dict[str, Any]:
-    """Every tensor by its Hugging Face name: float32 arrays or GGMLTensors, q/k rows un-permuted."""
+    """Every tensor by its Hugging Face name: float32 arrays or GGMLTensors, q/k rows un-permuted.
+    ValueError naming `where` and the tensor for an unknown name or type, or data that does not fit
+    its shape."""
     out: dict[str, Any] = {}
     for t in reader.tensors:
         kind = t.tensor_type.name
@@ -157,20 +177,31 @@ def read_gguf_tensors(reader: Any, config: LlamaConfig, where: str = "GGUF") -> 
                 f"{where}: tensor {t.name!r} has type {kind}, which is not supported (supported: "
                 f"{', '.join(SUPPORTED_TYPES)})"
             )
-        name = gguf_to_hf_name(t.name)
-        shape = tuple(int(s) for s in reversed(t.shape.tolist()))  # GGUF lists ne0 (columns) first
-        value: Any
-        if kind in _FLOAT_TYPES:
-            value = np.asarray(t.data).astype(np.float32).reshape(shape)
-        else:
-            value = GGMLTensor(kind, np.asarray(t.data), shape)  # type: ignore[arg-type]
-        heads = {"q_proj": config.num_attention_heads, "k_proj": config.kv_heads}
-        for proj, n in heads.items():
-            if name.endswith(f"self_attn.{proj}.weight"):
-                inverse = np.argsort(gguf_rope_order(shape[0], n))  # hf = gguf[inverse]
-                value = value[inverse] if isinstance(value, np.ndarray) else value.take_rows(inverse)
+        try:
+            name, value = _read_tensor(t, config)
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            raise ValueError(f"{where}: tensor {t.name!r}: {str(exc).strip(chr(34) + chr(39))}") from None
+        if name in out:
+            raise ValueError(f"{where}: tensor {t.name!r} appears twice")
         out[name] = value
     return out
+
+
+def _read_tensor(t: Any, config: LlamaConfig) -> tuple[str, Any]:
+    kind = t.tensor_type.name
+    name = gguf_to_hf_name(t.name)
+    shape = tuple(int(s) for s in reversed(t.shape.tolist()))  # GGUF lists ne0 (columns) first
+    value: Any
+    if kind in _FLOAT_TYPES:
+        value = np.asarray(t.data).astype(np.float32).reshape(shape)
+    else:
+        value = GGMLTensor(kind, np.asarray(t.data), shape)  # type: ignore[arg-type]
+    heads = {"q_proj": config.num_attention_heads, "k_proj": config.kv_heads}
+    for proj, n in heads.items():
+        if name.endswith(f"self_attn.{proj}.weight"):
+            inverse = np.argsort(gguf_rope_order(shape[0], n))  # hf = gguf[inverse]
+            value = value[inverse] if isinstance(value, np.ndarray) else value.take_rows(inverse)
+    return name, value
 
 
 def llama_from_gguf(
@@ -196,14 +227,17 @@ def llama_from_gguf(
     tensors = read_gguf_tensors(reader, config, where)
     model = LlamaForCausalLM(config, dtype=dtype)
     floats: dict[str, np.ndarray] = {}
-    for name, value in tensors.items():
-        if isinstance(value, np.ndarray):
-            floats[name] = value
-        elif not name.endswith("_proj.weight") or base == "float":
-            floats[name] = value.dequantize(dtype)
-        else:
-            _replace_linear(model, name.removesuffix(".weight"), value, base, nf4_block_size)
-    model.load_state_dict(floats, strict=False)
+    try:
+        for name, value in tensors.items():
+            if isinstance(value, np.ndarray):
+                floats[name] = value
+            elif not name.endswith("_proj.weight") or base == "float":
+                floats[name] = value.dequantize(dtype)
+            else:
+                _replace_linear(model, name.removesuffix(".weight"), value, base, nf4_block_size)
+        model.load_state_dict(floats, strict=False)
+    except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        raise ValueError(f"{where}: the tensors do not fit the model its metadata describes: {exc}") from None
     missing = [
         n
         for n, _ in model.named_parameters()

@@ -20,7 +20,13 @@ state dict with arrays named, the safetensors files the arrays (see `entrenar.tr
 
 Reading a checkpoint first checks every file against checksums.json (SHA-256), so a checkpoint
 corrupted on disk is refused with a FormatError naming the file, and the message names the newest
-older checkpoint in the same folder that is intact, if any (nothing falls back on its own).
+older checkpoint in the same folder that is intact, if any (nothing falls back on its own). Behind
+the checksums every file is checked for what a resume relies on (a file can be written by anyone,
+checksums and all): the step matches the folder's name, the resume state has every field of its
+type and range (`entrenar.train.state.check_trainer_state`), the optimizer state names each weight
+once and holds counters and arrays of the weights' shapes (`check_optimizer_state`). Errors are
+FormatErrors naming the file and the field; what only the live run can judge (the loader's data, the
+optimizer's hyper-parameters) is refused by Trainer.resume, naming the file and field as well.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Mapping
-from contextlib import suppress
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,17 +46,19 @@ from typing import Any
 import numpy as np
 
 from entrenar.io import FormatError, atomic_write_text, load_safetensors, save_safetensors
-from entrenar.train.state import from_json_tree, to_json_tree
+from entrenar.train.state import MAX_COUNT, check_trainer_state, from_json_tree, to_json_tree
 
 __all__ = [
     "CHECKPOINTS_DIR",
     "LATEST",
     "STATE_FORMAT",
     "Checkpoint",
+    "check_optimizer_state",
     "list_checkpoints",
     "prune_checkpoints",
     "read_checkpoint",
     "resolve_checkpoint",
+    "restoring",
     "verify_checkpoint",
     "write_checkpoint",
 ]
@@ -277,21 +285,93 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if fmt != STATE_FORMAT:
         raise FormatError(state_path, f"format {fmt!r} is not {STATE_FORMAT!r}")
     step = _field(state_path, raw_state, "step", int)
+    m = _STEP_DIR.match(folder.name)
+    if m is not None and int(m.group(1)) != step:
+        raise FormatError(state_path, f"field 'step' is {step!r}, but the checkpoint folder is {folder.name}")
     state = _decode(state_path, {k: v for k, v in raw_state.items() if k not in ("format", "step")})
+    try:
+        check_trainer_state(step, state)
+    except ValueError as exc:
+        raise FormatError(state_path, str(exc)) from None
+    model = load_safetensors(folder / MODEL_FILE)
     opt_path = folder / OPTIMIZER_JSON
     raw_opt = _read_json(opt_path)
     names = _field(opt_path, raw_opt, "param_names", list)
+    if not all(isinstance(n, str) for n in names) or sorted(names) != sorted(model):
+        strs = [n for n in names if isinstance(n, str)]
+        raise FormatError(
+            opt_path,
+            f"field 'param_names' must name each tensor of {MODEL_FILE} once: missing "
+            f"{sorted(set(model) - set(strs))}, not in {MODEL_FILE} {sorted(set(strs) - set(model))}, "
+            f"{len(names) - len(set(strs))} repeated or not a string",
+        )
     packed = _field(opt_path, raw_opt, "state_dict", dict)
     arrays = load_safetensors(folder / OPTIMIZER_ARRAYS)
     optimizer = _decode(opt_path, packed, arrays)
+    check_optimizer_state(folder, optimizer, [model[n].shape for n in names])
     scheduler = _decode(folder / SCHEDULER_JSON, _read_json(folder / SCHEDULER_JSON))
     if scheduler is not None and not isinstance(scheduler, dict):
         raise FormatError(folder / SCHEDULER_JSON, "expected a JSON object or null")
     config = _read_json(folder / CONFIG_JSON)
     if not isinstance(config, dict):
         raise FormatError(folder / CONFIG_JSON, "expected a JSON object")
-    model = load_safetensors(folder / MODEL_FILE)
     return Checkpoint(step, model, optimizer, names, scheduler, state, config, folder)
+
+
+def check_optimizer_state(folder: Path, optimizer: Any, shapes: list[tuple[int, ...]]) -> None:
+    """FormatError naming the file and the field unless the decoded optimizer state dict fits the
+    parameters whose shapes are `shapes` (by index): {"state": {index: {name: array}}, "param_groups":
+    [{..., "params": [index]}]} with every index once, counters (0-d) whole numbers in [0, 2**63 - 1],
+    and every other array floating point of its parameter's shape."""
+    opt_path, arrays_path = folder / OPTIMIZER_JSON, folder / OPTIMIZER_ARRAYS
+    state = optimizer.get("state") if isinstance(optimizer, dict) else None
+    groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+    if not isinstance(state, dict) or not isinstance(groups, list):
+        raise FormatError(
+            opt_path, "field 'state_dict' must hold 'state' (an object) and 'param_groups' (a list)"
+        )
+    listed = [g.get("params") if isinstance(g, dict) else None for g in groups]
+    indices = [i for params in listed if isinstance(params, list) for i in params]
+    ints = all(isinstance(params, list) for params in listed) and all(type(i) is int for i in indices)
+    if not ints or sorted(indices) != list(range(len(shapes))):
+        raise FormatError(
+            opt_path,
+            f"field 'param_groups' must list each parameter index 0..{len(shapes) - 1} once, got {listed!r}",
+        )
+    for index, entries in state.items():
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(shapes):
+            raise FormatError(opt_path, f"field 'state.{index}': not a parameter index in [0, {len(shapes)})")
+        if not isinstance(entries, dict):
+            raise FormatError(opt_path, f"field 'state.{index}' must be an object of arrays")
+        for name, value in entries.items():
+            where = f"field 'state.{index}.{name}'"
+            if value is None:
+                continue
+            if not isinstance(value, np.ndarray):
+                raise FormatError(opt_path, f"{where} must be an array, got {value!r}")
+            # a 0-d entry is a counter such as Adam's step, unless the parameter itself is 0-d
+            if value.shape == () and (shapes[index] != () or value.dtype.kind != "f"):
+                v = value.item()
+                if value.dtype.kind not in "iuf" or not (0 <= v <= MAX_COUNT and float(v).is_integer()):
+                    raise FormatError(
+                        arrays_path, f"{where} must be a whole number in [0, {MAX_COUNT}], got {v!r}"
+                    )
+            elif value.dtype.kind != "f" or value.shape != shapes[index]:
+                raise FormatError(
+                    arrays_path,
+                    f"{where} is {value.dtype} of shape {value.shape}; parameter {index} is floating point "
+                    f"of shape {shapes[index]}",
+                )
+
+
+@contextmanager
+def restoring(path: Path, field_name: str) -> Iterator[None]:
+    """Restoring a checkpoint's `field_name` (of the file `path`) into a live object: its ValueError,
+    TypeError or KeyError becomes a ValueError naming the file and the field."""
+    try:
+        yield
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"{path}: field {field_name!r} does not fit this run: {exc}") from None
 
 
 def check_names(what: str, saved: Mapping[str, Any] | list[str], current: list[str]) -> None:

@@ -26,7 +26,16 @@ import numpy as np
 
 from entrenar.nn.module import Module
 
-__all__ = ["LogWindow", "from_json_tree", "module_generators", "set_generator_states", "to_json_tree"]
+__all__ = [
+    "LogWindow",
+    "check_generator_state",
+    "check_trainer_state",
+    "from_json_tree",
+    "module_generators",
+    "set_generator_states",
+    "to_json_tree",
+    "trainer_state",
+]
 
 
 @dataclass
@@ -172,3 +181,152 @@ def set_generator_states(generators: Mapping[str, np.random.Generator], states: 
             g.bit_generator.state = states[name]
         except (TypeError, ValueError, KeyError) as exc:
             raise ValueError(f"cannot restore the random generator {name}: {exc}") from None
+
+
+# ------------------------------------------------------------------------------ resume-state checks
+MAX_COUNT = 2**63 - 1  # every counter must fit an int64, as the arrays and loaders that use it do
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
+_WINDOW_TYPES: dict[str, tuple[type, ...]] = {
+    "loss_sum": (int, float),
+    "steps": (int,),
+    "samples": (int,),
+    "seconds": (int, float),
+    "sums": (dict,),
+    "lr": (int, float),
+    "grad_norm": (int, float, type(None)),
+    "skipped": (int,),
+}
+
+
+def _count(field_name: str, value: Any, high: int = MAX_COUNT) -> int:
+    """`value` as a counter: an int (not a bool) in [0, high]; ValueError naming the field otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+        raise ValueError(f"field {field_name!r} must be an int in [0, {high}], got {value!r}")
+    return value
+
+
+def _finite(field_name: str, value: Any, low: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < math.inf:
+        raise ValueError(f"field {field_name!r} must be a finite number >= {low}, got {value!r}")
+    return float(value)
+
+
+def check_generator_state(field_name: str, state: Any) -> None:
+    """ValueError naming `field_name` unless `state` is a `bit_generator.state` NumPy accepts: the
+    state is set on a fresh generator of the named kind, so nothing half-restores a live one."""
+    kind = state.get("bit_generator") if isinstance(state, dict) else None
+    if kind not in _BIT_GENERATORS:
+        raise ValueError(
+            f"field {field_name!r} must be a random generator state with 'bit_generator' one of "
+            f"{list(_BIT_GENERATORS)}, got {kind!r}"
+        )
+    try:
+        getattr(np.random, kind)().state = state
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        raise ValueError(f"field {field_name!r}: not a valid {kind} state ({exc!r})") from None
+
+
+def _check_loader(state: Any) -> None:
+    """An epoch loader's state (the keys of `EpochLoader.state_dict`) must point inside its epoch."""
+    if state is None or not isinstance(state, dict):
+        if state is not None:
+            raise ValueError(f"field 'loader' must be an object or null, got {type(state).__name__}")
+        return
+    if not {"epoch", "position", "num_items", "batch_size", "drop_last"} <= set(state):
+        return  # another loader's state: its own load_state_dict checks it
+    _count("loader.epoch", state["epoch"])
+    items = _count("loader.num_items", state["num_items"])
+    size = _count("loader.batch_size", state["batch_size"])
+    if size == 0 or not isinstance(state["drop_last"], bool):
+        raise ValueError(
+            f"fields 'loader.batch_size' and 'loader.drop_last' must be a positive int and a bool, got "
+            f"{size!r} and {state['drop_last']!r}"
+        )
+    batches = items // size + (1 if items % size and not state["drop_last"] else 0)
+    position = _count("loader.position", state["position"])
+    if position >= batches:
+        raise ValueError(
+            f"field 'loader.position' is {position}, beyond the {batches} batches of an epoch of "
+            f"{items} items in batches of {size}"
+        )
+
+
+def check_trainer_state(step: int, state: Mapping[str, Any]) -> None:
+    """ValueError naming the field unless `state` (a checkpoint's decoded trainer_state.json, without
+    "format" and "step") has every field the trainer restores, of the right type and range:
+
+        batches_seen, bad_evals, skipped_steps   ints in [0, 2**63 - 1]; skipped_steps <= step
+        epoch, elapsed                            finite numbers >= 0
+        loader                                    null, or an object (an epoch loader's position < its
+                                                  batches per epoch)
+        rng, module_rngs                          generator states NumPy accepts (module_rngs by name)
+        best                                      {"metric", "value", "step"}: step null or <= step
+        stopped_early                             a bool
+        last_eval_step                            null or an int <= step
+        last_metrics                              null or an object
+        window                                    exactly LogWindow's fields, each of its type
+    """
+    _count("step", step)
+    for name in ("batches_seen", "bad_evals"):
+        _count(name, state.get(name))
+    _count("skipped_steps", state.get("skipped_steps", 0), step)
+    for name in ("epoch", "elapsed"):
+        _finite(name, state.get(name))
+    _check_loader(state.get("loader"))
+    check_generator_state("rng", state.get("rng"))
+    module_rngs = state.get("module_rngs")
+    if not isinstance(module_rngs, dict):
+        raise ValueError(f"field 'module_rngs' must be an object, got {type(module_rngs).__name__}")
+    for name, value in module_rngs.items():
+        check_generator_state(f"module_rngs.{name}", value)
+    best = state.get("best")
+    if not isinstance(best, dict) or set(best) != {"metric", "value", "step"}:
+        raise ValueError(f"field 'best' must be an object with the keys metric, value, step, got {best!r}")
+    if best["step"] is not None:
+        _count("best.step", best["step"], step)
+    if best["value"] is not None:
+        _finite("best.value", best["value"], -math.inf)
+    if not isinstance(state.get("stopped_early"), bool):
+        raise ValueError(f"field 'stopped_early' must be a bool, got {state.get('stopped_early')!r}")
+    if state.get("last_eval_step") is not None:
+        _count("last_eval_step", state["last_eval_step"], step)
+    if "last_eval_step" not in state or "last_metrics" not in state:
+        raise ValueError("fields 'last_eval_step' and 'last_metrics' must be present (null or a value)")
+    metrics = state["last_metrics"]
+    if metrics is not None and not (
+        isinstance(metrics, dict)
+        and all(isinstance(k, str) and isinstance(v, dict) for k, v in metrics.items())
+    ):
+        raise ValueError(f"field 'last_metrics' must be null or an object of objects, got {metrics!r:.80}")
+    window = state.get("window")
+    if not isinstance(window, dict) or set(window) != set(_WINDOW_TYPES):
+        got = sorted(window) if isinstance(window, dict) else type(window).__name__
+        raise ValueError(f"field 'window' must have exactly the keys {sorted(_WINDOW_TYPES)}, got {got}")
+    for name, kinds in _WINDOW_TYPES.items():
+        if kinds == (int,):
+            _count(f"window.{name}", window[name])
+        elif isinstance(window[name], bool) or not isinstance(window[name], kinds):
+            allowed = " or ".join(k.__name__ for k in kinds)
+            raise ValueError(f"field 'window.{name}' must be {allowed}, got {window[name]!r}")
+
+
+def trainer_state(t: Any, window: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint saves of Trainer `t` beyond weights, optimizer and scheduler: counters, the
+    train loader's position, every generator's state, early-stopping bookkeeping and the open log
+    `window` (as a dict)."""
+    loader_state = getattr(t.train_loader, "state_dict", None)
+    return {
+        "batches_seen": t.batches_seen,
+        "epoch": t.epoch,
+        "elapsed": t.elapsed,
+        "loader": loader_state() if callable(loader_state) else None,
+        "rng": t.rng.bit_generator.state,
+        "module_rngs": {n: g.bit_generator.state for n, g in t._generators.items()},
+        "best": {"metric": t._tracked.metric, "value": t.best_value, "step": t.best_step},
+        "bad_evals": t.bad_evals,
+        "stopped_early": t.stopped_early,
+        "skipped_steps": t.skipped_steps,
+        "last_eval_step": t.last_eval_step,
+        "last_metrics": t.last_metrics,
+        "window": window,
+    }

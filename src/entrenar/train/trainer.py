@@ -37,6 +37,10 @@ checkpoint with the same result; a step with a non-finite loss or gradient stops
 and the first such parameter (or, with nonfinite="skip", makes no update and is counted); Ctrl-C
 finishes the step, writes a checkpoint and raises KeyboardInterrupt (a second Ctrl-C raises at once);
 a checkpoint that cannot be written (disk full, read-only) raises an OSError naming the intact one.
+
+Data parallel (`comm`, see `entrenar.distributed`): each rank takes its shard of every global batch,
+gradients and metric sums are summed over ranks before the step, rank 0 writes files; the result is
+the one-process run's on the same global batches (up to float rounding), on any number of ranks.
 """
 
 from __future__ import annotations
@@ -54,8 +58,9 @@ import numpy as np
 from tqdm import tqdm  # type: ignore[import-untyped]
 
 from entrenar.autograd.tape import no_grad
+from entrenar.distributed import Communicator, DataParallel
 from entrenar.nn.module import Module
-from entrenar.optim import Optimizer, clip_grad_norm_
+from entrenar.optim import Optimizer
 from entrenar.optim.lr_scheduler import LRScheduler
 from entrenar.tensor import Tensor
 from entrenar.train.checkpoint import (
@@ -65,14 +70,15 @@ from entrenar.train.checkpoint import (
     check_names,
     prune_checkpoints,
     read_checkpoint,
+    restoring,
     write_checkpoint,
 )
 from entrenar.train.config import EarlyStopping, TrainerConfig
 from entrenar.train.guards import Interrupts, checkpoint_write_error, first_nonfinite_grad
 from entrenar.train.metrics import add_sums, compute_metrics
 from entrenar.train.report import MetricsLog, plot_metrics
-from entrenar.train.result import TrainResult, count_samples
-from entrenar.train.state import LogWindow, module_generators, set_generator_states
+from entrenar.train.result import TrainResult
+from entrenar.train.state import LogWindow, module_generators, set_generator_states, trainer_state
 
 __all__ = ["METRICS_FILE", "PLOT_FILE", "LossFn", "MetricsFn", "TrainLoader", "Trainer"]
 
@@ -99,7 +105,7 @@ class Trainer:
     eval_loader: iterable of batches, one full pass per iteration (e.g. a loader with shuffle=False).
     metrics_fn: turns summed `sums` into metrics (default `compute_metrics`).
     `rng` is the trainer's own generator (seeded by config.seed; saved in checkpoints) for loss functions
-    or callbacks that need randomness.
+    or callbacks that need randomness. comm: train data-parallel over its ranks (default: one process).
     """
 
     def __init__(
@@ -113,6 +119,7 @@ class Trainer:
         eval_loader: Iterable[Any] | None = None,
         config: TrainerConfig,
         metrics_fn: MetricsFn = compute_metrics,
+        comm: Communicator | None = None,
     ) -> None:
         for name, value, kind in (
             ("model", model, Module),
@@ -137,7 +144,7 @@ class Trainer:
             raise ValueError("Trainer: early_stopping needs an eval_loader to evaluate on")
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.train_loader, self.eval_loader, self.scheduler = train_loader, eval_loader, scheduler
-        self.config, self.metrics_fn = config, metrics_fn
+        self.config, self.metrics_fn, self.dp = config, metrics_fn, DataParallel(comm)
         self.rng = np.random.default_rng(config.seed)
         names = {id(p): n for n, p in model.named_parameters()}
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -182,23 +189,7 @@ class Trainer:
         return {n: p.data for n, p in self.model.named_parameters() if p.requires_grad}
 
     def _state(self) -> dict[str, Any]:
-        w = self._window
-        loader_state = getattr(self.train_loader, "state_dict", None)
-        return {
-            "batches_seen": self.batches_seen,
-            "epoch": self.epoch,
-            "elapsed": self.elapsed,
-            "loader": loader_state() if callable(loader_state) else None,
-            "rng": self.rng.bit_generator.state,
-            "module_rngs": {n: g.bit_generator.state for n, g in self._generators.items()},
-            "best": {"metric": self._tracked.metric, "value": self.best_value, "step": self.best_step},
-            "bad_evals": self.bad_evals,
-            "stopped_early": self.stopped_early,
-            "skipped_steps": self.skipped_steps,
-            "last_eval_step": self.last_eval_step,
-            "last_metrics": self.last_metrics,
-            "window": dataclasses.asdict(w),
-        }
+        return trainer_state(self, dataclasses.asdict(self._window))
 
     # ------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
@@ -214,6 +205,9 @@ class Trainer:
             config=self.config.to_dict(),
         )
         root = self.config.path / CHECKPOINTS_DIR
+        if not self.dp.is_writer:  # rank 0 writes; all built ck (a ZeroOptimizer gathers its state)
+            self.last_save_step, self.last_checkpoint = self.step, root / f"step-{self.step}"
+            return root / f"step-{self.step}"
         try:
             path = write_checkpoint(root, ck)
         except OSError as exc:
@@ -245,11 +239,16 @@ class Trainer:
                 f"{where}: an exact resume needs the train loader's position; the loader must have "
                 "state_dict() and load_state_dict() (as ClassificationLoader and LMLoader) in both runs"
             )
-        load_loader(st["loader"])
-        self.optimizer.load_state_dict(ck.optimizer)
+        assert ck.path is not None  # read_checkpoint names the folder it read
+        with restoring(ck.path / "trainer_state.json", "loader"):
+            load_loader(st["loader"])
+        with restoring(ck.path / "optimizer.json", "state_dict"):
+            self.optimizer.load_state_dict(ck.optimizer)
         if self.scheduler is not None and ck.scheduler is not None:
-            self.scheduler.load_state_dict(ck.scheduler)
-        set_generator_states(self._generators, st["module_rngs"])
+            with restoring(ck.path / "scheduler.json", "<root>"):
+                self.scheduler.load_state_dict(ck.scheduler)
+        with restoring(ck.path / "trainer_state.json", "module_rngs"):
+            set_generator_states(self._generators, st["module_rngs"])
         self.rng.bit_generator.state = st["rng"]
         self.model.load_state_dict(ck.model, strict=False)
         self.step, self.batches_seen = ck.step, int(st["batches_seen"])
@@ -257,9 +256,8 @@ class Trainer:
         self.best_value, self.best_step = st["best"]["value"], st["best"]["step"]
         self.bad_evals, self.stopped_early = int(st["bad_evals"]), bool(st["stopped_early"])
         self.skipped_steps = int(st.get("skipped_steps", 0))
-        self.last_eval_step, self.last_metrics = st["last_eval_step"], st["last_metrics"]
+        self.last_eval_step, self.last_metrics = st["last_eval_step"], st["last_metrics"] or {}
         self._window = LogWindow(**st["window"])
-        assert ck.path is not None  # read_checkpoint names the folder it read
         self.last_save_step, self.last_checkpoint, self.resumed_from = ck.step, ck.path, ck.path
         return ck.path
 
@@ -293,14 +291,19 @@ class Trainer:
         self.optimizer.zero_grad()
         losses: list[float] = []
         step_sums: dict[str, Any] = {}
+        samples = 0
         for _ in range(accum):
-            batch = next(stream)
-            loss, sums = self._call_loss(batch)
-            losses.append(float(loss.item()))
-            (loss if accum == 1 else loss * (1.0 / accum)).backward()
-            add_sums(step_sums, sums)
-            self._window.samples += count_samples(batch)
+            part = self.dp.shard(next(stream))  # one process: the batch, weight 1
+            loss, sums = self._call_loss(part.batch)
+            losses.append(part.weight * float(loss.item()))
+            scale = part.weight / accum
+            (loss if scale == 1.0 else loss * scale).backward()
+            add_sums(step_sums, part.scaled(sums))
+            samples += part.samples
             self.batches_seen += 1
+        self.dp.reduce_gradients(self._params)
+        losses, step_sums, samples = self.dp.reduce_values(losses, step_sums, samples)
+        self._window.samples += samples
         step_loss = math.fsum(losses) / accum
         lr = float(self.optimizer.param_groups[0]["lr"])
         w = self._window
@@ -312,7 +315,7 @@ class Trainer:
         else:
             grad_norm = None
             if self.config.max_grad_norm is not None:
-                grad_norm = clip_grad_norm_(self._params, self.config.max_grad_norm)
+                grad_norm = self.dp.clip_grad_norm(self._params, self.config.max_grad_norm)
             self.optimizer.step()
             add_sums(w.sums, step_sums)
             w.loss_sum += step_loss
@@ -360,12 +363,14 @@ class Trainer:
         try:
             with no_grad():
                 for batch in loader:
-                    loss, batch_sums = self._call_loss(batch)
-                    losses.append(float(loss.item()))
-                    add_sums(sums, batch_sums)
-                    samples += count_samples(batch)
+                    part = self.dp.shard(batch)
+                    loss, batch_sums = self._call_loss(part.batch)
+                    losses.append(part.weight * float(loss.item()))
+                    add_sums(sums, part.scaled(batch_sums))
+                    samples += part.samples
         finally:
             self.model.train(was_training)
+        losses, sums, samples = self.dp.reduce_values(losses, sums, samples)
         if not losses:
             raise ValueError("Trainer.evaluate: the loader yielded no batches")
         return {"loss": math.fsum(losses) / len(losses), **self.metrics_fn(sums)}, samples
@@ -415,13 +420,14 @@ class Trainer:
             self.resume(out if resume is True else resume)
         log = MetricsLog(out / METRICS_FILE)
         if self.resumed_from is not None or self.step > 0:  # a resumed run, or this trainer's own
-            log.truncate_after(self.step)
+            if self.dp.is_writer:
+                log.truncate_after(self.step)
         elif log.path.exists() or (out / CHECKPOINTS_DIR / LATEST).exists():
             raise FileExistsError(
                 f"{out} holds a previous run ({METRICS_FILE} or {CHECKPOINTS_DIR}/{LATEST}): "
                 "pass resume=True to continue it, or choose another output_dir"
             )
-        return log
+        return log if self.dp.is_writer else MetricsLog(os.devnull)  # data parallel: rank 0 writes
 
     def _stop_interrupted(self) -> None:
         """After Ctrl-C: checkpoint this step (the open log window with it), raise KeyboardInterrupt."""
@@ -436,12 +442,13 @@ class Trainer:
         """Run to the configured number of steps (or early stop); see the module docstring."""
         cfg = self.config
         log = self._open_log()
+        self.dp.start(self.model, self.optimizer, self._generators)
         total = cfg.total_steps(len(self.train_loader))
         stream = self._stream()
         bar = tqdm(
             total=total,
             initial=min(self.step, total),
-            disable=not cfg.progress,
+            disable=not (cfg.progress and self.dp.is_writer),
             file=sys.stderr,
             desc="train",
             unit="step",
@@ -477,7 +484,7 @@ class Trainer:
                 self._interrupts = None
             bar.close()
             self._elapsed_before, self._session_start = self.elapsed, None
-        plot = plot_metrics(log.path, cfg.path / PLOT_FILE) if cfg.plot else None
+        plot = plot_metrics(log.path, cfg.path / PLOT_FILE) if cfg.plot and self.dp.is_writer else None
         result = TrainResult(
             steps=self.step,
             epochs=self.epoch,
@@ -492,6 +499,6 @@ class Trainer:
             checkpoint=self.last_checkpoint,
             elapsed=self.elapsed,
         )
-        if cfg.progress:
+        if cfg.progress and self.dp.is_writer:
             print(result.summary(), file=sys.stderr)
         return result
