@@ -2,7 +2,8 @@
 # make demo   - train the demo MLP on 8x8 digits (creates .venv on first use)
 # make test   - ruff, mypy and the whole test suite on 2 cores
 # make bench  - benchmarks against PyTorch, with the OpenBLAS variables as set and unset
-# make mutation       - mutation testing of the numerical core, every mutant (long: hours on 2 cores)
+# make mutation       - mutation testing of the numerical core, every mutant (long: hours on 2 cores);
+#                       resumable: results in mutation-results/full.jsonl, a rerun skips finished mutants
 # make mutation-ci    - CI's fixed seeded sample of mutants; fails under 80% killed
 # make bench-compare  - rerun fast benchmarks and flag ratios more than 5% worse than bench/baseline.json
 PYTHON ?= python3
@@ -38,7 +39,8 @@ bench: $(STAMP)
 	PYTHON=$(BIN)/python bash bench/run.sh
 
 mutation: $(STAMP)
-	$(BIN)/python scripts/mutate.py --workers 2 --check-clean
+	$(BIN)/python scripts/mutate.py --workers 2 --check-clean --min-score 0 --results mutation-results/full.jsonl
+	$(BIN)/python scripts/mutate.py --report mutation-results/full.jsonl
 
 mutation-ci: $(STAMP)
 	$(BIN)/python scripts/mutate.py --sample $(MUTANTS) --seed $(MUTATION_SEED) --workers 2

@@ -1,42 +1,68 @@
 """Mutation testing of entrenar's numerical core: do the tests notice when the code is wrong?
 
 Each mutant (scripts/mutants.py: one flipped operator, constant, condition or return) is written into a
-private copy of src/ (one per worker), and the tests that cover its package run against that copy:
-pytest runs in a child forked from this process, which has imported torch & co. once but never
-entrenar, with the copy first on sys.path; it stops at the first failure. A mutant is *killed* when
-a test fails or the run exceeds the timeout, and *survives* when every test passes.
+private copy of the repository's src/ and tests/ (a snapshot taken at the start, one copy per worker,
+so edits made meanwhile do not mix into a run), and tests run against it: pytest runs in a child forked
+from this process, which has imported torch & co. once but never entrenar, with the copy first on
+sys.path; it stops at the first failure. A mutant is *killed* when a test fails or the run exceeds the
+timeout, and *survives* when every test passes. The timeout counts CPU seconds (RLIMIT_CPU in the
+child), so that a slow, shared machine does not turn slow survivors into timeouts; a stage still
+running after WALL_FACTOR times as many wall-clock seconds (a mutant that waits forever) is killed too.
 
     score = killed / (killed + survived)      the gate: score >= --min-score (80%)
 
+Which tests: with a coverage map (scripts/covermap.py: one instrumented run of the core's test files
+records which tests execute each line), only those that execute the mutant's statement, fastest first.
+Where the map cannot tell (lines run at import time, numba-compiled lines, lines no test reaches) or
+without a map, the stage files of the mutant's part (TESTS, after FIRST's quick stage). --select auto
+uses the map when an up-to-date one is cached (mutation-results/covermap.json) or the run is long
+enough to pay for building it (and coverage.py is installed).
+
 Mutants listed in scripts/equivalent_mutants.txt (one id per line, then '#' and the reason they cannot
 change behaviour) are left out. The tests must pass on the unmutated code (`make test` runs first in
-CI; --check-clean checks it here too), or every mutant would count as killed.
+CI; --check-clean checks it here too, and building a coverage map refuses failing tests), or every
+mutant would count as killed.
 
-Usage:
-  python scripts/mutate.py --sample 120 --seed 0 --workers 2     CI's fixed sample
-  python scripts/mutate.py --workers 2 --check-clean             every mutant (`make mutation`)
-  python scripts/mutate.py --list                                count mutants per module, run nothing
+Usage (paths relative to this script; any Python with the test dependencies, no virtualenv needed):
+  python scripts/mutate.py --sample 60 --seed 0 --workers 2          CI's fixed sample
+  python scripts/mutate.py --workers 16 --results mutation-results/full.jsonl       every mutant,
+        resumable: a rerun skips the ids already there whose module is unchanged
+  python scripts/mutate.py --shard 3/8 --results r3.jsonl            every 8th mutant from the 3rd
+  python scripts/mutate.py --report mutation-results/*.jsonl         merged scores and survivors
+  python scripts/mutate.py --compare cov.jsonl stages.jsonl          same verdicts? time per mutant
+  python scripts/mutate.py --match ops/nn.py:120 --workers 1         the mutants whose id has this text
+  python scripts/mutate.py --list                                    count mutants per module, run nothing
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
+import math
 import os
 import random
+import resource
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import covermap
+import mutation_results as results
 from mutants import Mutant, apply, enumerate_mutants
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = ROOT / "src" / "entrenar"
 EQUIVALENT = Path(__file__).resolve().parent / "equivalent_mutants.txt"
+COVERMAP = ROOT / "mutation-results" / "covermap.json"
+WALL_FACTOR = 10  # a stage is killed after this many times its CPU timeout in wall-clock seconds
+KILLER = "first-failure"  # in a worker's folder: the node id of the test that killed its mutant
 
 # The numerical core, and the tests that cover each part (fast, targeted files first: -x stops early).
 TESTS: dict[str, list[str]] = {
@@ -46,7 +72,7 @@ TESTS: dict[str, list[str]] = {
             "tests/test_shape_matmul.py", "tests/test_tensor.py", "tests/test_bad_input.py",
             "tests/test_properties.py", "tests/test_op_gradients.py", "tests/oracle/test_ops_vs_torch.py"],
     "optim": ["tests/optim"],
-    "quant": ["tests/quant"],
+    "quant": ["tests/quant", "tests/llama/test_ggml_blocks.py"],
     "lora": ["tests/test_mutation_kills.py", "tests/lora", "tests/oracle/test_peft_oracle.py"],
 }
 # A first, quick stage for some modules: their most direct tests. A mutant that survives it still
@@ -64,6 +90,7 @@ FIRST: dict[str, list[str]] = {
     "quant/reference.py": ["tests/quant/test_quantize.py"],
     "quant/tensor.py": ["tests/quant/test_quantize.py"],
     "quant/linear.py": ["tests/quant/test_quant_linear.py"],
+    "quant/ggml.py": ["tests/llama/test_ggml_blocks.py"],
     "lora/config.py": ["tests/lora/test_lora_config.py"],
     "lora/formats.py": ["tests/lora/test_lora_formats.py"],
     "lora/layer.py": ["tests/lora/test_lora_layer.py"],
@@ -81,11 +108,12 @@ def stages(m: Mutant) -> list[list[str]]:
     return [first, TESTS[part_of(m)]] if first else [TESTS[part_of(m)]]
 
 
-def all_mutants() -> list[Mutant]:
+def all_mutants(root: Path = ROOT) -> list[Mutant]:
+    """Every mutant of the core in the tree at `root` (the repository, or a snapshot of it)."""
     out = []
     for part in TESTS:
-        for path in sorted((PACKAGE / part).glob("*.py")):
-            out.extend(enumerate_mutants(path, str(path.relative_to(ROOT))))
+        for path in sorted((root / "src" / "entrenar" / part).glob("*.py")):
+            out.extend(enumerate_mutants(path, str(path.relative_to(root))))
     return out
 
 
@@ -115,8 +143,6 @@ PYTEST_ARGS = ["-x", "-q", "--no-header", "-p", "no:cacheprovider", "-o", "addop
 def preload() -> None:
     """Import the heavy third-party modules once, in this process, so that each forked test run starts
     warm. entrenar itself must not be imported here: every child imports its own (mutated) copy."""
-    import importlib
-
     for name in ("numpy", "scipy", "torch", "pytest", "hypothesis", "threadpoolctl", "safetensors",
                  "transformers", "peft"):
         with contextlib.suppress(ImportError):
@@ -124,93 +150,232 @@ def preload() -> None:
     assert "entrenar" not in sys.modules, "the mutation runner must not import entrenar itself"
 
 
+class _FirstFailure:
+    """pytest plugin (in the child): writes the node id of the first failing test or collection."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _note(self, report: Any) -> None:
+        if report.failed and not self.path.exists():
+            self.path.write_text(report.nodeid or "<collection>")
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        self._note(report)
+
+    def pytest_collectreport(self, report: Any) -> None:
+        self._note(report)
+
+
 def _child(src: Path, tests: list[str]) -> None:
-    """In the forked child: run pytest on `tests` with `src` first on sys.path, then exit."""
+    """In the forked child: run pytest on `tests` in the worker's tree (`src`'s parent, a snapshot of the
+    repository), with `src` first on sys.path, then exit."""
     try:
-        os.chdir(ROOT)
+        os.chdir(src.parent)
         sys.path.insert(0, str(src))
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
         import pytest
 
-        rc = int(pytest.main([*PYTEST_ARGS, *tests]))
+        rc = int(pytest.main([*PYTEST_ARGS, *tests], plugins=[_FirstFailure(src.parent / KILLER)]))
     except BaseException:
         rc = 3
     os._exit(rc)
+
+
+@dataclass
+class Job:
+    """One mutant (None: the unmutated code) and the pytest runs it still faces, in order; it survives only
+    if it passes all of them. `fallback` replaces them when pytest finds none of the named tests (exit 4
+    or 5: node ids from a map older than the tests)."""
+
+    mutant: Mutant | None
+    runs: list[list[str]]
+    via: str = "stages"
+    fallback: list[list[str]] = field(default_factory=list)
+    tests: int = 0
+    src: Path = ROOT  # the worker's copy of src/, set when the job starts
+    original: str | None = None
+    t0: float = 0.0
+    stage_start: float = 0.0
+    killed: bool = False
+    cpu: float = 0.0  # CPU seconds of its test runs (user + system): comparable on a loaded machine
 
 
 class Runner:
     """Up to `workers` forked pytest runs at once, each on its own copy of src/ with one mutant."""
 
     def __init__(self, workdirs: list[Path], timeout: float) -> None:
+        """`timeout`: CPU seconds a test run (stage) may take; WALL_FACTOR times that in wall seconds."""
         self.free = list(workdirs)
         self.timeout = timeout
-        # pid -> (mutant or None, its workdir, start time, the original text to restore, killed)
-        self.running: dict[int, tuple[Mutant | None, Path, float, str | None, bool]] = {}
-        self.later: dict[int, list[list[str]]] = {}  # pid -> the test stages still to run after it
-        self.stage_start: dict[int, float] = {}
+        self.running: dict[int, Job] = {}
 
-    def start(self, m: Mutant | None, runs: list[list[str]]) -> None:
-        src = self.free.pop()
-        original = None
+    def start(self, job: Job) -> None:
+        job.src = self.free.pop()
+        m = job.mutant
         if m is not None:
-            target = src.parent / m.file
-            original = target.read_text()
-            target.write_text(apply(original, m))
-        self._fork(m, src, original, runs, time.perf_counter())
+            target = job.src.parent / m.file
+            job.original = target.read_text()
+            target.write_text(apply(job.original, m))
+        (job.src.parent / KILLER).unlink(missing_ok=True)
+        job.t0 = time.perf_counter()
+        self._fork(job)
 
-    def _fork(self, m: Mutant | None, src: Path, original: str | None, runs: list[list[str]],
-              t0: float) -> None:
+    def _fork(self, job: Job) -> None:
+        job.tests = len(job.runs[0])
         pid = os.fork()
         if pid == 0:
-            _child(src, runs[0])
-        self.running[pid] = (m, src, t0, original, False)
-        self.later[pid] = runs[1:]
-        self.stage_start[pid] = time.perf_counter()  # the timeout is per stage
+            limit = max(1, math.ceil(self.timeout))
+            resource.setrlimit(resource.RLIMIT_CPU, (limit, limit + 5))  # SIGXCPU, then SIGKILL
+            _child(job.src, job.runs[0])
+        job.runs = job.runs[1:]
+        job.stage_start = time.perf_counter()  # the timeout is per stage
+        self.running[pid] = job
 
-    def wait_one(self) -> tuple[Mutant | None, str, float]:
-        """Block until a run ends: (mutant, 'passed' | 'failed' | 'timeout', seconds)."""
+    def wait_one(self) -> tuple[Job, str, float, str | None]:
+        """Block until a job ends: (job, 'passed' | 'failed' | 'timeout', seconds, first failing test)."""
         while True:
             now = time.perf_counter()
-            for pid, (m, src, t0, original, killed) in list(self.running.items()):
-                if not killed and now - self.stage_start[pid] > self.timeout:
+            for pid, job in self.running.items():
+                if not job.killed and now - job.stage_start > WALL_FACTOR * self.timeout:
                     os.kill(pid, signal.SIGKILL)
-                    self.running[pid] = (m, src, t0, original, True)
-            pid, status = os.waitpid(-1, os.WNOHANG)
+                    job.killed = True
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
             if pid == 0 or pid not in self.running:
                 time.sleep(0.05)
                 continue
-            m, src, t0, original, killed = self.running.pop(pid)
-            later = self.later.pop(pid)
-            del self.stage_start[pid]
+            job = self.running.pop(pid)
+            job.cpu += usage.ru_utime + usage.ru_stime
             rc = os.waitstatus_to_exitcode(status)
-            if rc == 0 and later:  # passed this stage: on to the next, same mutant, same workdir
-                self._fork(m, src, original, later, t0)
+            if not job.killed and rc in (4, 5) and job.fallback:  # the named tests are gone: run the files
+                job.runs, job.fallback, job.via = job.fallback, [], "stages"
+                self._fork(job)
                 continue
-            if m is not None and original is not None:
-                (src.parent / m.file).write_text(original)
-            self.free.append(src)
-            outcome = "timeout" if killed else "passed" if rc == 0 else "failed"
-            return m, outcome, time.perf_counter() - t0
+            if rc == 0 and job.runs:  # passed this stage: on to the next, same mutant, same workdir
+                self._fork(job)
+                continue
+            if job.mutant is not None and job.original is not None:
+                (job.src.parent / job.mutant.file).write_text(job.original)
+            killer_path = job.src.parent / KILLER
+            killer = killer_path.read_text() if killer_path.exists() else None
+            self.free.append(job.src)
+            over_cpu = rc in (-signal.SIGXCPU, -signal.SIGKILL)
+            outcome = "timeout" if job.killed or over_cpu else "passed" if rc == 0 else "failed"
+            return job, outcome, time.perf_counter() - job.t0, killer
+
+    def stop(self) -> None:
+        """Kill and reap the test runs still going (the run was interrupted)."""
+        for pid in list(self.running):
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            del self.running[pid]
 
 
-def make_workdirs(n: int, base: Path) -> list[Path]:
+SNAPSHOT = ("src", "tests", "pyproject.toml")  # what the tests need of the repository
+_CACHES = shutil.ignore_patterns("*.egg-info", "__pycache__", ".hypothesis", ".pytest_cache")
+
+
+def snapshot(dest: Path, root: Path = ROOT) -> Path:
+    """Copy what the tests need of `root` to `dest`: the run sees one tree however the repository is
+    edited meanwhile, and its coverage map, mutants and test ids all agree with that tree."""
+    for name in SNAPSHOT:
+        if (root / name).is_dir():
+            shutil.copytree(root / name, dest / name, ignore=_CACHES)
+        elif (root / name).exists():
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, dest / name)
+    return dest
+
+
+def make_workdirs(n: int, base: Path, tree: Path) -> list[Path]:
+    """`n` copies of the snapshot `tree`, one per worker; their src/ folders."""
     dirs = []
     for i in range(n):
-        src = base / f"w{i}" / "src"
-        shutil.copytree(ROOT / "src", src, ignore=shutil.ignore_patterns("*.egg-info"))
-        dirs.append(src)
+        shutil.copytree(tree, base / f"w{i}")
+        dirs.append(base / f"w{i}" / "src")
     return dirs
 
 
 OUTCOME = {"passed": "survived", "failed": "killed", "timeout": "timeout"}
+# Building the coverage map takes about one run of every core test file under coverage; below this
+# many mutants, `--select auto` runs the stage files rather than build a map (an up-to-date one is used).
+BUILD_WORTH = 200
 
 
-def source_line(m: Mutant) -> str:
-    path = ROOT / m.file
+class Selector:
+    """The tests to run for a mutant: those the coverage map says execute its statement (fastest first),
+    or its stage files where the map cannot tell (import-time and numba-compiled lines, lines no test
+    reaches) or when there is no map."""
+
+    def __init__(self, cmap: covermap.CoverageMap | None, root: Path = ROOT) -> None:
+        self.cmap = cmap
+        self.root = root
+        self.facts: dict[str, covermap.SourceFacts] = {}
+
+    def job(self, m: Mutant) -> Job:
+        if self.cmap is None:
+            return Job(m, stages(m))
+        if m.file not in self.facts:
+            self.facts[m.file] = covermap.SourceFacts((self.root / m.file).read_text())
+        facts = self.facts[m.file]
+        span = facts.span(m.line)
+        if facts.jitted(span):
+            return Job(m, stages(m), via="jit")
+        ids, files, at_import = self.cmap.tests_for(m.file, span)
+        if at_import or facts.at_import(span):
+            return Job(m, stages(m), via="import")
+        if not ids and not files:
+            return Job(m, stages(m), via="uncovered")
+        return Job(m, [ids + files], via="coverage", fallback=stages(m))
+
+
+def coverage_map(mode: str, n_mutants: int, path: Path, tree: Path) -> covermap.CoverageMap | None:
+    """The map at `path` if it is up to date with the snapshot `tree`, else built from it first (in a
+    child process) if `mode` asks for it: 'coverage' always, 'auto' for at least BUILD_WORTH mutants."""
+    if mode == "stages":
+        return None
+    tests = list(dict.fromkeys(t for ts in TESTS.values() for t in ts))
+    cmap = covermap.load(path, tree) if path.exists() else None
+    if cmap is not None and cmap.raw["tests"] == tests:
+        return cmap
+    if mode == "auto" and (n_mutants < BUILD_WORTH or importlib.util.find_spec("coverage") is None):
+        return None
+    if importlib.util.find_spec("coverage") is None:
+        raise SystemExit("error: --select coverage needs coverage.py (pip install coverage)")
+    print(f"building the coverage map ({' '.join(tests)}) -> {path}", flush=True)
+    script = Path(__file__).resolve().parent / "covermap.py"
+    done = subprocess.run([sys.executable, str(script), "--root", str(tree), "--out", str(path), *tests],
+                          cwd=tree, stdout=subprocess.DEVNULL, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"error: building the coverage map failed (exit {done.returncode}); "
+                         f"run `{sys.executable} {script} --out {path} ...` to see why")
+    return covermap.load(path, tree)
+
+
+def source_line(m: Mutant, root: Path = ROOT) -> str:
+    path = root / m.file
     lines = path.read_text().splitlines() if path.exists() else []
     return lines[m.line - 1].strip() if 0 < m.line <= len(lines) else ""
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'K/N' (1 <= K <= N) -> (K, N): the shard takes every N-th mutant of the sorted list from the K-th."""
+    k, sep, n = text.partition("/")
+    if not sep or not k.isdigit() or not n.isdigit() or not 1 <= int(k) <= int(n):
+        raise argparse.ArgumentTypeError(f"--shard expects K/N with 1 <= K <= N (e.g. 2/16), got {text!r}")
+    return int(k), int(n)
+
+
+def record(m: Mutant, status: str, seconds: float, job: Job, killer: str | None,
+           root: Path) -> results.Record:
+    return {"id": m.id, "file": m.file, "part": part_of(m), "line": m.line, "kind": m.kind,
+            "label": m.label, "source": source_line(m, root), "file_hash": results.file_hash(root / m.file),
+            "status": status, "seconds": round(seconds, 3), "cpu_seconds": round(job.cpu, 3),
+            "via": job.via, "tests": job.tests,
+            "killed_by": killer}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,74 +384,137 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample", type=int, default=0, help="run a seeded sample of this many (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds per test run (stage) of a mutant")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="CPU seconds per test run (stage) of a mutant (wall clock: WALL_FACTOR times that)")
     p.add_argument("--min-score", type=float, default=80.0, help="fail under this percentage killed")
     p.add_argument("--parts", default=",".join(TESTS), help="comma-separated subset of the core")
     p.add_argument("--match", default="", help="only mutants whose id contains this text")
     p.add_argument("--list", action="store_true", help="count the mutants per module and exit")
     p.add_argument("--check-clean", action="store_true", help="first check the tests pass unmutated")
+    p.add_argument("--select", choices=("auto", "coverage", "stages"), default="auto",
+                   help="tests per mutant: those covering its line, or its part's stage files (auto: the "
+                        f"coverage map when one is up to date or at least {BUILD_WORTH} mutants run)")
+    p.add_argument("--covermap", type=Path, default=COVERMAP, help="where the coverage map is kept")
+    p.add_argument("--results", type=Path, help="append a JSON line per mutant here; skip ids already "
+                                                 "there whose module is unchanged (resume)")
+    p.add_argument("--shard", type=parse_shard, help="K/N: only every N-th mutant, from the K-th")
+    p.add_argument("--report", type=Path, nargs="+", metavar="FILE",
+                   help="merge these result files, print the scores and survivors, run nothing")
+    p.add_argument("--compare", type=Path, nargs=2, metavar=("A", "B"),
+                   help="compare the verdicts and times of two result files (e.g. --select coverage and "
+                        "--select stages over the same sample), run nothing")
     args = p.parse_args(argv)
+    if args.compare:
+        a, b = args.compare
+        print("\n".join(results.compare_lines(results.read([a]), results.read([b]), (a.name, b.name))))
+        return 0
+    if args.report:
+        merged = results.read(args.report)
+        print("\n".join(results.report_lines(merged, ROOT)))
+        return gate(results.score(merged.values())[2], args.min_score)
     parts = [x for x in args.parts.split(",") if x]
     if unknown := sorted(set(parts) - set(TESTS)):
         print(f"error: unknown part(s) {unknown}; the core is {', '.join(TESTS)}", file=sys.stderr)
         return 2
     equivalent = read_equivalent()
-    pool = [m for m in all_mutants()
-            if part_of(m) in parts and m.id not in equivalent and args.match in m.id]
     if args.list:
+        pool = choose(all_mutants(), parts, equivalent, args.match)
         for file, n in sorted(Counter(m.file for m in pool).items()):
             print(f"{n:5d}  {file}")
         print(f"{len(pool):5d}  mutants ({len(equivalent)} listed as equivalent)")
         return 0
+    signal.signal(signal.SIGTERM, _terminate)  # unwind, so the snapshot and worker copies are removed
+    with tempfile.TemporaryDirectory(prefix="entrenar-mutants-") as tmp:
+        tree = snapshot(Path(tmp) / "tree")
+        return run(args, tree, choose(all_mutants(tree), parts, equivalent, args.match), Path(tmp))
+
+
+def choose(mutants: list[Mutant], parts: list[str], equivalent: dict[str, str], match: str) -> list[Mutant]:
+    return [m for m in mutants if part_of(m) in parts and m.id not in equivalent and match in m.id]
+
+
+def run(args: argparse.Namespace, tree: Path, pool: list[Mutant], tmp: Path) -> int:
+    """Run the mutants of `pool` that the arguments pick against the snapshot `tree`; the gate's exit code."""
     chosen = sorted(random.Random(args.seed).sample(pool, min(args.sample, len(pool))) if args.sample
                     else pool, key=lambda m: (m.file, m.site))
-    print(f"{len(chosen)} of {len(pool)} mutants (seed {args.seed}), {args.workers} worker(s)", flush=True)
+    if args.shard:
+        chosen = chosen[args.shard[0] - 1::args.shard[1]]
+    total = len(chosen)
+    tests_hash = covermap.tree_hash(tree, ("tests",))
+    if args.results:
+        done = already_done(results.read([args.results]), tree, tests_hash)
+        chosen = [m for m in chosen if m.id not in done]
+    shard = f", shard {args.shard[0]}/{args.shard[1]}" if args.shard else ""
+    print(f"{len(chosen)} of {len(pool)} mutants (seed {args.seed}{shard}; {total - len(chosen)} already in "
+          f"the results), {args.workers} worker(s)", flush=True)
+    selector = Selector(coverage_map(args.select, len(chosen), args.covermap, tree) if chosen else None, tree)
+    print(f"tests per mutant: {'the coverage map' if selector.cmap else 'the stage files'}", flush=True)
+    if not chosen:
+        return 0
     preload()
     t_start = time.perf_counter()
-    results: list[tuple[Mutant, str]] = []
-    with tempfile.TemporaryDirectory(prefix="entrenar-mutants-") as tmp:
-        runner = Runner(make_workdirs(args.workers, Path(tmp)), args.timeout)
-        if args.check_clean:
-            runner.timeout = args.timeout * 10
-            for part in sorted({part_of(m) for m in chosen}):
-                runner.start(None, [TESTS[part]])
-                if runner.wait_one()[1] != "passed":
-                    print(f"error: the tests of {part} fail on the unmutated code", file=sys.stderr)
-                    return 2
-            runner.timeout = args.timeout
-        pending = list(chosen)
+    finished: list[results.Record] = []
+    runner = Runner(make_workdirs(args.workers, tmp, tree), args.timeout)
+    if args.check_clean:
+        runner.timeout = args.timeout * 10
+        for part in sorted({part_of(m) for m in chosen}):
+            runner.start(Job(None, [TESTS[part]]))
+            if runner.wait_one()[1] != "passed":
+                print(f"error: the tests of {part} fail on the unmutated code", file=sys.stderr)
+                return 2
+        runner.timeout = args.timeout
+    pending = list(chosen)
+    try:
         while pending or runner.running:
             while pending and runner.free:
-                m = pending.pop(0)
-                runner.start(m, stages(m))
-            done, outcome, secs = runner.wait_one()
-            assert done is not None
-            results.append((done, OUTCOME[outcome]))
-            line = f"{OUTCOME[outcome]:<8} {secs:5.1f}s {done.id}  {done.label}"
-            print(f"[{len(results)}/{len(chosen)}] {line}", flush=True)
-    return report(results, args.min_score, time.perf_counter() - t_start)
+                runner.start(selector.job(pending.pop(0)))
+            job, outcome, secs, killer = runner.wait_one()
+            assert job.mutant is not None
+            rec = {**record(job.mutant, OUTCOME[outcome], secs, job, killer, tree), "tests_hash": tests_hash}
+            finished.append(rec)
+            if args.results:
+                results.append(args.results, rec)
+            print(f"[{len(finished)}/{len(chosen)}] {rec['status']:<8} {secs:5.1f}s {rec['via']:<9} "
+                  f"{rec['tests']:4d} {rec['id']}  {rec['label']}", flush=True)
+    finally:  # interrupted (Ctrl-C, SIGTERM, a time limit): the finished mutants are in --results
+        runner.stop()
+    print("\n".join(results.report_lines({r["id"]: r for r in finished})))
+    print(f"({time.perf_counter() - t_start:.0f} s)")
+    return gate(results.score(finished)[2], args.min_score)
 
 
-def report(results: list[tuple[Mutant, str]], min_score: float, seconds: float) -> int:
-    by_file: dict[str, Counter[str]] = defaultdict(Counter)
-    for m, outcome in results:
-        by_file[m.file][outcome] += 1
-    print(f"\n{'module':<36} {'run':>5} {'killed':>7} {'timeout':>8} {'survived':>9} {'score':>7}")
-    for file, c in sorted(by_file.items()):
-        run = sum(c.values())
-        print(f"{file.removeprefix('src/entrenar/'):<36} {run:5d} {c['killed']:7d} {c['timeout']:8d} "
-              f"{c['survived']:9d} {100 * (run - c['survived']) / run:6.1f}%")
-    survived = [m for m, o in results if o == "survived"]
-    total = len(results)
-    score = 100.0 * (total - len(survived)) / total if total else 100.0
-    print(f"{'total':<36} {total:5d} {'':7} {'':8} {len(survived):9d} {score:6.1f}%   ({seconds:.0f} s)")
-    if survived:
-        print("\nsurviving mutants:")
-        for m in survived:
-            print(f"  {m.id}  {m.label}   | {source_line(m)}")
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def already_done(records: dict[str, results.Record], tree: Path, tests_hash: str) -> set[str]:
+    """The ids a resumed run skips: those whose module is unchanged, except survivors whose tests changed
+    since (a new test may kill them now)."""
+    hashes: dict[str, str | None] = {}
+    done = set()
+    for i, r in records.items():
+        if r["file"] not in hashes:
+            hashes[r["file"]] = results.file_hash(tree / r["file"]) if (tree / r["file"]).exists() else None
+        if r["file_hash"] == hashes[r["file"]] and (
+                r["status"] != "survived" or r.get("tests_hash") == tests_hash):
+            done.add(i)
+    return done
+
+
+def gate(score: float, min_score: float) -> int:
     ok = score >= min_score
     print(f"\nmutation score {score:.1f}% ({'meets' if ok else 'FAILS'} the gate >= {min_score:.0f}%)")
     return 0 if ok else 1
+
+
+def report(outcomes: list[tuple[Mutant, str]], min_score: float, seconds: float) -> int:
+    """Print the scores of (mutant, killed | survived | timeout) pairs; 1 if under `min_score`."""
+    recs = {m.id: {"id": m.id, "file": m.file, "part": part_of(m), "line": m.line, "label": m.label,
+                   "source": source_line(m), "status": o, "file_hash": "", "seconds": 0.0}
+            for m, o in outcomes}
+    print("\n".join(results.report_lines(recs)))
+    print(f"({seconds:.0f} s)")
+    return gate(results.score(recs.values())[2], min_score)
 
 
 if __name__ == "__main__":

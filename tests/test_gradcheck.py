@@ -68,3 +68,38 @@ def test_rejects_bad_arguments() -> None:
         gradcheck(F.exp, [_x()], mode="float16")
     with pytest.raises(ValueError, match="no floating-point tensor"):
         gradcheck(lambda a: a > 0, [_x()])
+
+
+def _scaled_half_gradient(a: Tensor) -> Tensor:
+    # d/da (64 a * a) is 128 a; reported as 64 a: at a = 1 with eps = 1 every number here is exact
+    return a * a.detach() * 64.0
+
+
+def test_float32_mode_tolerance_is_relative_to_the_larger_gradient_inclusive() -> None:
+    """analytic 64 w, numeric 128 w: |diff| = 64 |w| = 0.5 * max(|analytic|, |numeric|) exactly. With
+    rtol 0.5 and atol 0 that is on the boundary, which passes (|diff| > tol fails, not >=)."""
+    x = E.tensor(np.array([1.0]), dtype=np.float32, requires_grad=True)
+    assert gradcheck(_scaled_half_gradient, [x], mode="float32", eps=1.0, rtol=0.5, atol=0.0)
+    assert not gradcheck(
+        _scaled_half_gradient, [x], mode="float32", eps=1.0, rtol=0.49, atol=0.0, raise_exception=False
+    )
+
+
+def test_float32_mode_absolute_tolerance_is_inclusive() -> None:
+    """The same |diff| = 64 |w| (w: the weight gradcheck projects with, read back as the gradient of
+    the identity) exactly at atol, with rtol 0: passes; just under it: fails."""
+    seen: list[Tensor] = []
+
+    def identity(a: Tensor) -> Tensor:
+        seen.append(a)
+        return a * 1.0
+
+    x = E.tensor(np.array([1.0]), dtype=np.float32, requires_grad=True)
+    gradcheck(identity, [x], mode="float32")
+    assert seen[0].grad is not None
+    w = float(np.abs(seen[0].grad[0]))  # the projection weight of the first (only) output element
+    assert w > 1e-3
+    assert gradcheck(_scaled_half_gradient, [x], mode="float32", eps=1.0, rtol=0.0, atol=64 * w)
+    assert not gradcheck(
+        _scaled_half_gradient, [x], mode="float32", eps=1.0, rtol=0.0, atol=63.9 * w, raise_exception=False
+    )

@@ -431,3 +431,15 @@ def test_out_of_range_index_raises() -> None:
         x[5]
     with pytest.raises(IndexError):
         x[np.array([0, 3])]
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int16, np.uint8])
+def test_a_python_scalar_takes_an_integer_tensors_dtype_as_in_torch(dtype: Any) -> None:
+    """With no floating tensor among the arguments, a scalar takes the first tensor's dtype (a mutant
+    that dropped this rule promoted int32 + 3 to int64)."""
+    x = tensor(np.array([1, 2], dtype=dtype))
+    t = torch.from_numpy(np.array([1, 2], dtype=dtype))
+    for ours, theirs in ((x + 3, t + 3), (x * 2, t * 2), (3 - x, 3 - t)):
+        assert ours.dtype == dtype
+        assert str(theirs.dtype) == f"torch.{np.dtype(dtype).name}"
+        np.testing.assert_array_equal(ours.data, theirs.numpy())
