@@ -14,7 +14,7 @@ if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 
-benches=(overhead mlp optim gpt quant lora finetune)
+benches=(overhead mlp optim gpt quant lora finetune checkpoint dist llama_train generate)
 for b in "${benches[@]}"; do
     echo
     echo "### $b, environment as is (OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE-(unset)}, OPENBLAS_L2_SIZE=${OPENBLAS_L2_SIZE-(unset)})"

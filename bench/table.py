@@ -18,6 +18,14 @@ COLUMNS = {
     "lora": ("ms", "entrenar_ms", "torch_ms", None),
     # one QLoRA fine-tuning step of MiniLM (the shipped config) against PyTorch + PEFT LoRA
     "finetune": ("ms", "entrenar_ms", "torch_ms", None),
+    # Medium QLoRA step with checkpointing (entrenar) and without (numpy column); ratio: QLoRA / LoRA
+    # peak RSS with checkpointing on both (issue 4's goal)
+    "checkpoint": ("ms", "entrenar_ms", None, "numpy_ms"),
+    # all-reduce of the largest buffer (64 MB) on 2 ranks: MPIComm (entrenar), raw mpi4py (numpy column);
+    # ratio: the worst size's MPIComm / mpi4py
+    "dist": ("ms", "entrenar_ms", None, "numpy_ms"),
+    # SmolLM2-135M greedy decoding from its Q4_1 GGUF, ms per new token, against transformers' generate
+    "generate": ("ms", "entrenar_ms", "torch_ms", None),
 }
 
 
