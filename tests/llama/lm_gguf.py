@@ -11,9 +11,7 @@ import numpy as np
 import torch
 import transformers
 import yaml
-from tiny_gguf import CFG
-
-from entrenar.models.gguf import gguf_rope_order, hf_to_gguf_name
+from tiny_gguf import CFG, add_hparams, add_weights, finish
 
 MERGES = ["t h", "th e", "Ġ the", "a n", "Ġ an", "o u", "e r"]
 WORDS = ["the", "king", "queen", "sword", "crown", "night", "love", "death", "fair", "lord", "and"]
@@ -29,14 +27,8 @@ def write_lm_gguf(path: Path, types: dict[str, str] | None = None, seed: int = 0
     torch.manual_seed(seed)
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg, tie_word_embeddings=True))
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
+    add_hparams(w, hf.config)
     w.add_rope_freq_base(cfg["rope_theta"])
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
     w.add_vocab_size(cfg["vocab_size"])
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("smollm")
@@ -45,25 +37,8 @@ def write_lm_gguf(path: Path, types: dict[str, str] | None = None, seed: int = 0
     w.add_token_merges(MERGES)
     w.add_eos_token_id(0)
     w.add_bos_token_id(0)
-    for name, p in hf.state_dict().items():
-        if name == "lm_head.weight":
-            continue
-        arr = p.detach().numpy().astype(np.float32)
-        for proj, n in {"q_proj": cfg["num_attention_heads"], "k_proj": cfg["num_key_value_heads"]}.items():
-            if name.endswith(f"{proj}.weight"):
-                arr = arr[gguf_rope_order(arr.shape[0], n)]
-        gname = hf_to_gguf_name(name)
-        kind = next((t for part, t in (types or {}).items() if f".{part}." in f".{gname}"), "F32")
-        if kind == "F32":
-            w.add_tensor(gname, arr)
-        else:
-            qtype = gguf.GGMLQuantizationType[kind]
-            w.add_tensor(gname, gguf.quants.quantize(arr, qtype), raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    add_weights(w, hf, types or {})
+    return finish(w, path)
 
 
 def write_texts(folder: Path, works: int = 5, lines: int = 40, seed: int = 0) -> Path:

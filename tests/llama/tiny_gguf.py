@@ -29,21 +29,21 @@ def tiny_hf(tie: bool = True, seed: int = 0) -> transformers.LlamaForCausalLM:
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**CFG, tie_word_embeddings=tie)).eval()
 
 
-def write_tiny_gguf(
-    path: Path, hf: transformers.LlamaForCausalLM, types: dict[str, str], arch: str = "llama"
-) -> Path:
-    """hf's weights into `path`; types maps a GGUF name suffix (e.g. 'attn_q') to a type, default F32."""
-    c = hf.config
-    w = gguf.GGUFWriter(str(path), arch)
+def add_hparams(w: gguf.GGUFWriter, c: transformers.LlamaConfig) -> None:
+    """The Llama shape keys every test GGUF carries (callers add rope base / vocab size as they need)."""
     w.add_block_count(c.num_hidden_layers)
     w.add_context_length(c.max_position_embeddings)
     w.add_embedding_length(c.hidden_size)
     w.add_feed_forward_length(c.intermediate_size)
     w.add_head_count(c.num_attention_heads)
     w.add_head_count_kv(c.num_key_value_heads)
-    w.add_rope_freq_base(CFG["rope_theta"])
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_vocab_size(c.vocab_size)
+
+
+def add_weights(w: gguf.GGUFWriter, hf: transformers.LlamaForCausalLM, types: dict[str, str]) -> None:
+    """hf's weights under GGUF names, q/k rows in GGUF's rope order; `types` maps a GGUF name part
+    (e.g. 'attn_q') to a GGML type, default F32."""
+    c = hf.config
     for name, p in hf.state_dict().items():
         if name == "lm_head.weight" and c.tie_word_embeddings:
             continue
@@ -61,11 +61,27 @@ def write_tiny_gguf(
             w.add_tensor(gname, arr)
         else:
             w.add_tensor(gname, gguf.quants.quantize(arr, qtype), raw_dtype=qtype)
+
+
+def finish(w: gguf.GGUFWriter, path: Path) -> Path:
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def write_tiny_gguf(
+    path: Path, hf: transformers.LlamaForCausalLM, types: dict[str, str], arch: str = "llama"
+) -> Path:
+    """hf's weights into `path`; types maps a GGUF name suffix (e.g. 'attn_q') to a type, default F32."""
+    c = hf.config
+    w = gguf.GGUFWriter(str(path), arch)
+    add_hparams(w, c)
+    w.add_rope_freq_base(CFG["rope_theta"])
+    w.add_vocab_size(c.vocab_size)
+    add_weights(w, hf, types)
+    return finish(w, path)
 
 
 def write_tiny_tokenizer_gguf(path: Path, pre: str = "smollm", chat_template: str | None = None) -> Path:
@@ -81,13 +97,7 @@ def write_tiny_tokenizer_gguf(path: Path, pre: str = "smollm", chat_template: st
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg, tie_word_embeddings=True))
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(cfg["num_hidden_layers"])
-    w.add_context_length(cfg["max_position_embeddings"])
-    w.add_embedding_length(cfg["hidden_size"])
-    w.add_feed_forward_length(cfg["intermediate_size"])
-    w.add_head_count(cfg["num_attention_heads"])
-    w.add_head_count_kv(cfg["num_key_value_heads"])
-    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    add_hparams(w, model.config)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
@@ -97,11 +107,5 @@ def write_tiny_tokenizer_gguf(path: Path, pre: str = "smollm", chat_template: st
     w.add_bos_token_id(0)
     if chat_template is not None:
         w.add_chat_template(chat_template)
-    for name, p in model.state_dict().items():
-        if name != "lm_head.weight":
-            w.add_tensor(hf_to_gguf_name(name), p.detach().numpy().astype(np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    add_weights(w, model, {})
+    return finish(w, path)
