@@ -304,3 +304,41 @@ def test_entrenar_nproc_help_mentions_mpi() -> None:
         [sys.executable, "-m", "entrenar", "train", "--help"], capture_output=True, text=True, check=True
     )
     assert "--nproc N" in done.stdout and "entrenar[mpi]" in done.stdout
+
+
+# ------------------------------------------------------------------ MPIComm's remembered checks
+def _self_comm() -> MPIComm:
+    mpi = pytest.importorskip("mpi4py.MPI")
+    return MPIComm(mpi.COMM_SELF)
+
+
+def test_mpicomm_checks_each_array_once_and_still_refuses_bad_ones() -> None:
+    comm = _self_comm()
+    a = np.arange(4, dtype=np.float32)
+    for _ in range(3):  # first call checked and remembered, then the fast path
+        assert comm.allreduce(a) is a
+    np.testing.assert_array_equal(a, np.arange(4))  # one rank: the sum is the array itself
+    np.testing.assert_array_equal(comm.allreduce(a, "mean"), np.arange(4))  # other ops: the full path
+    with pytest.raises(ValueError, match="op must be 'sum' or 'mean'"):
+        comm.allreduce(a, "max")  # type: ignore[arg-type]
+    a.flags.writeable = False  # remembered, then made read-only: mpi4py refuses to write into it
+    with pytest.raises((BufferError, ValueError)):
+        comm.allreduce(a)
+    for bad in (np.zeros((2, 2), np.float32), np.zeros(3, np.int64), np.zeros(8, np.float32)[::2]):
+        with pytest.raises(ValueError, match="expected a writeable 1-D contiguous float32/float64"):
+            comm.allreduce(bad)
+
+
+def test_mpicomm_a_recycled_id_is_checked_again() -> None:
+    """The memory is by weak reference: another array at a remembered id (the first one freed) is new."""
+    comm = _self_comm()
+    other = np.zeros(3, np.float32)
+    bad = np.zeros((2, 2), np.float32)
+    comm._checked[id(bad)] = __import__("weakref").ref(other)  # as if `bad` reused a freed array's id
+    with pytest.raises(ValueError, match="expected a writeable 1-D contiguous"):
+        comm.allreduce(bad)
+    gone = np.zeros(5, np.float32)
+    comm.allreduce(gone)
+    ref = comm._checked[id(gone)]
+    del gone
+    assert ref() is None  # nothing kept alive by the memory

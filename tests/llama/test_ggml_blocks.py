@@ -112,3 +112,52 @@ def test_fused_kernel_refuses_a_window_it_does_not_cover() -> None:
         ggml_dequant.dequantize_window("Q8_0", blocks, 4, np.empty((2, 29), np.float32))
     with pytest.raises(ValueError, match="do not cover out"):
         ggml_dequant.dequantize_window("Q8_0", blocks, 0, np.empty((3, 8), np.float32))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    kind=st.sampled_from(KINDS),
+    seed=st.integers(0, 2**31),
+    rows=st.integers(1, 12),
+    nblk=st.integers(1, 5),
+    parallel=st.booleans(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
+def test_whole_row_kernel_equals_reference_bit_for_bit_on_arbitrary_bytes(
+    kind: str, seed: int, rows: int, nblk: int, parallel: bool, dtype: type
+) -> None:
+    """Whole rows take the unrolled loop (scales decoded in it by table); any bytes, inf/NaN scales too."""
+    from entrenar.kernels import ggml_dequant
+    from entrenar.quant import ggml
+
+    nb = GGML_TYPE_BYTES[kind]
+    data = np.random.default_rng(seed).integers(0, 256, size=(rows, nblk * nb), dtype=np.uint8)
+    q = GGMLTensor(kind, data, (rows, nblk * 32))
+    want = dequantize_blocks(kind, data.reshape(-1, nb)).reshape(rows, -1).astype(dtype)
+    saved = ggml_dequant.PARALLEL_MIN_SIZE
+    ggml_dequant.PARALLEL_MIN_SIZE = 0 if parallel else 1 << 62
+    try:
+        got = q.dequantize(dtype)
+    finally:
+        ggml_dequant.PARALLEL_MIN_SIZE = saved
+    assert ggml.FUSED and got.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_ggml_embedding_looks_up_dequantized_rows_and_checks_ids() -> None:
+    from entrenar.quant.ggml import GGMLEmbedding
+
+    rng = np.random.default_rng(5)
+    q = _packed("Q8_0", rng.standard_normal((11, 64)))
+    emb = GGMLEmbedding(q, dtype=np.float64)
+    ids = np.array([[3, 0, 10], [3, 7, 7]])
+    out = emb(ids)
+    assert out.shape == (2, 3, 64) and out.data.dtype == np.float64 and not out.requires_grad
+    np.testing.assert_array_equal(out.data, q.dequantize(np.float64)[ids])
+    assert list(emb.parameters()) == [] and list(emb.state_dict()) == []
+    with pytest.raises(IndexError, match=r"ids must lie in \[0, 11\), got 0\.\.11"):
+        emb(np.array([0, 11]))
+    with pytest.raises(ValueError, match="ids must be integers"):
+        emb(np.array([1.0]))
+    with pytest.raises(TypeError, match="must be a GGMLTensor"):
+        GGMLEmbedding(np.zeros((2, 32)))  # type: ignore[arg-type]

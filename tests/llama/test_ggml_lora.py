@@ -23,7 +23,7 @@ from entrenar.assets import AssetError, smollm2_gguf
 from entrenar.lora import LoraConfig, LoraLinear, PeftModel, get_peft_model
 from entrenar.models.gguf import llama_from_gguf
 from entrenar.optim import AdamW
-from entrenar.quant.ggml import GGML_BLOCK, GGMLLinear, quantize_blocks, quantize_ggml
+from entrenar.quant.ggml import GGML_BLOCK, GGMLEmbedding, GGMLLinear, quantize_blocks, quantize_ggml
 
 KINDS = ["Q4_0", "Q4_1", "Q8_0"]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -207,10 +207,13 @@ def test_smollm2_lora_keeps_the_base_packed() -> None:
     except AssetError as exc:
         pytest.skip(f"SmolLM2 GGUF not available: {exc}")
     model = llama_from_gguf(path)
-    layers = [m for m in model.modules() if isinstance(m, GGMLLinear)]
+    layers = [m for n, m in model.named_modules() if isinstance(m, GGMLLinear) and n.endswith("_proj")]
     packed_bytes = sum(m.qweight.nbytes for m in layers)
     c = model.config
     assert len(layers) == 7 * c.num_hidden_layers
+    # the tied Q8_0 embedding stays packed: one GGMLTensor is the lm_head and the looked-up table
+    assert isinstance(model.lm_head, GGMLLinear) and isinstance(model.model.embed_tokens, GGMLEmbedding)
+    assert model.lm_head.qweight is model.model.embed_tokens.qweight and model.lm_head.qweight.kind == "Q8_0"
     peft = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS), generator=0)
     h, f, kv = c.hidden_size, c.intermediate_size, c.kv_heads * c.dim_per_head
     # PEFT's count: r * (in + out) per adapted projection

@@ -68,16 +68,29 @@ def test_equals_reference_at_smollm2_sizes() -> None:
         assert np.all(np.abs(got - want) <= 1e-5 * bound(kind, blocks, x))
 
 
-def test_given_scales_equal_computed_ones_and_are_checked() -> None:
+@pytest.mark.parametrize("kind", sorted(GGML_TYPE_BYTES))
+def test_scales_decoded_in_the_kernel_cover_every_float16(kind: str) -> None:
+    """The kernel decodes each block's float16 scale by table: every finite bit pattern, subnormals too."""
     rng = np.random.default_rng(1)
-    blocks = random_blocks("Q4_1", 5, 2, rng)
-    x = rng.standard_normal((2, 64)).astype(np.float32)
-    scales = ggml_matvec.block_scales("Q4_1", blocks)
-    np.testing.assert_array_equal(
-        ggml_matvec.matvec("Q4_1", blocks, x, scales), ggml_matvec.matvec("Q4_1", blocks, x)
-    )
-    with pytest.raises(ValueError, match=r"scales must be two float32 \(5, 2\) arrays"):
-        ggml_matvec.matvec("Q4_1", blocks, x, (scales[0][:4], scales[1]))
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    finite = bits[np.isfinite(bits.view(np.float16))]  # (n,) every finite float16, as bits
+    blocks = random_blocks(kind, finite.size // 4, 4, rng)  # 4 blocks per row: one float16 each
+    nb = GGML_TYPE_BYTES[kind]
+    b3 = blocks.reshape(blocks.shape[0], 4, nb)
+    b3[:, :, 0:2] = finite[: b3.shape[0] * 4].reshape(-1, 4, 1).view(np.uint8)
+    x = rng.standard_normal((2, 128)).astype(np.float32)
+    got, want = ggml_matvec.matvec(kind, blocks, x), ggml_matvec.reference(kind, blocks, x)
+    # the reference rounds each weight d * q + m to float32: the kernel's products differ at that level
+    assert np.all(np.abs(got - want) <= 1e-5 * bound(kind, blocks, x))
+
+
+def test_a_strided_view_of_blocks_equals_its_copy() -> None:
+    rng = np.random.default_rng(2)
+    wide = random_blocks("Q4_1", 12, 4, rng)  # (12, 80): rows of 4 blocks
+    view = wide[::2]  # every other row, not contiguous
+    x = rng.standard_normal((1, 128)).astype(np.float32)
+    got, want = ggml_matvec.matvec("Q4_1", view, x), ggml_matvec.matvec("Q4_1", view.copy(), x)
+    np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ asked for; a module's `_load()` then says why its kernels are unavailable, or No
 from __future__ import annotations
 
 import threading
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -43,10 +44,27 @@ def jit(numba: Any, fn: Callable[..., Any], **opts: Any) -> Any:
     """`fn` compiled by numba.njit with NumPy's float error model, cached on disk where possible.
 
     error_model="numpy": a float division by zero gives inf/nan as in NumPy instead of raising, which
-    also keeps that check's branch out of the loops. No fastmath: the kernels must round as their NumPy
-    references do. Without a writable cache location (a read-only install, no home) each process compiles.
+    also keeps that check's branch out of the loops. No fastmath unless a kernel asks for it: the
+    kernels must round as their NumPy references do. Without a writable cache location (a read-only
+    install, no home) each process compiles.
+
+    numba's on-disk cache keys a compiled function by its qualified name, bytecode, closure values and
+    argument types, not by the `parallel` option: the serial and the parallel compilation of one
+    function would share a cache entry, and whichever was compiled first would serve both. A parallel
+    compilation therefore gets its own qualified name (`fn.__qualname__` + ".parallel").
     """
+    if opts.get("parallel"):
+        fn = _renamed(fn, f"{fn.__qualname__}.parallel")
     try:
         return numba.njit(cache=True, error_model="numpy", **opts)(fn)
     except RuntimeError:
         return numba.njit(cache=False, error_model="numpy", **opts)(fn)
+
+
+def _renamed(fn: Callable[..., Any], qualname: str) -> Callable[..., Any]:
+    """A copy of the Python function fn (same code, globals, defaults and closure) under another qualname."""
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = qualname
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    copy.__module__ = fn.__module__
+    return copy

@@ -20,10 +20,14 @@ import numpy as np
 
 from entrenar.kernels._lazy import import_numba, jit, once
 
-__all__ = ["KIND_CODES", "available", "dequantize_window"]
+__all__ = ["F16_TO_F32", "KIND_CODES", "PARALLEL_MIN_SIZE", "available", "dequantize_window"]
 
 KIND_CODES = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2}
-_KERNELS: dict[str, Any] = {}
+# Whole rows of at least this many elements are written on numba's threads (below, one thread is as fast).
+PARALLEL_MIN_SIZE = 1 << 18
+_TYPE_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}
+_KERNELS: dict[Any, Any] = {}
+prange: Any = range  # rebound to numba.prange when compiled
 
 
 def _window(codes: np.ndarray, d: np.ndarray, m: np.ndarray, kind: int, skip: int, out: np.ndarray) -> None:
@@ -51,12 +55,67 @@ def _window(codes: np.ndarray, d: np.ndarray, m: np.ndarray, kind: int, skip: in
                         out[r, c] = db * np.float32(q4) + mb
 
 
+# float16 bits -> float32, exact (numba has no float16): a block's scale is looked up from its two bytes
+F16_TO_F32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+def _make_rows(kind: str) -> Any:
+    """Whole rows: blocks (R, nblk * type bytes) uint8 -> out (R, nblk * 32), scales decoded in the loop.
+
+    The same products as `_window` in the same order; unrolled per kind with uint8 nibble operands (an
+    int64 intermediate would keep the loop from vectorising) and split over rows. `f16` is F16_TO_F32.
+    """
+    nb = _TYPE_BYTES[kind]
+    lo, hi, eight = np.uint8(15), np.uint8(4), np.float32(8.0)
+
+    def q4_0(blocks: np.ndarray, f16: np.ndarray, out: np.ndarray) -> None:
+        rows, nblk = out.shape[0], out.shape[1] // 32
+        for r in prange(rows):
+            row, o = blocks[r], out[r]
+            for b in range(nblk):
+                off = b * nb
+                db = f16[np.int64(row[off]) | (np.int64(row[off + 1]) << 8)]
+                for j in range(16):
+                    byte = row[off + 2 + j]
+                    o[b * 32 + j] = db * (np.float32(byte & lo) - eight)
+                    o[b * 32 + 16 + j] = db * (np.float32(byte >> hi) - eight)
+
+    def q4_1(blocks: np.ndarray, f16: np.ndarray, out: np.ndarray) -> None:
+        rows, nblk = out.shape[0], out.shape[1] // 32
+        for r in prange(rows):
+            row, o = blocks[r], out[r]
+            for b in range(nblk):
+                off = b * nb
+                db = f16[np.int64(row[off]) | (np.int64(row[off + 1]) << 8)]
+                mb = f16[np.int64(row[off + 2]) | (np.int64(row[off + 3]) << 8)]
+                for j in range(16):
+                    byte = row[off + 4 + j]
+                    o[b * 32 + j] = db * np.float32(byte & lo) + mb
+                    o[b * 32 + 16 + j] = db * np.float32(byte >> hi) + mb
+
+    def q8_0(blocks: np.ndarray, f16: np.ndarray, out: np.ndarray) -> None:
+        rows, nblk = out.shape[0], out.shape[1] // 32
+        for r in prange(rows):
+            row, o = blocks[r], out[r]
+            for b in range(nblk):
+                off = b * nb
+                db = f16[np.int64(row[off]) | (np.int64(row[off + 1]) << 8)]
+                for j in range(32):
+                    o[b * 32 + j] = db * np.float32(np.int8(row[off + 2 + j]))
+
+    return {"Q4_0": q4_0, "Q4_1": q4_1, "Q8_0": q8_0}[kind]
+
+
 @once
 def _load() -> str | None:
     numba, reason = import_numba()
     if numba is None:
         return reason
+    globals()["prange"] = numba.prange
     _KERNELS["window"] = jit(numba, _window)
+    for kind in _TYPE_BYTES:
+        _KERNELS[kind, False] = jit(numba, _make_rows(kind))
+        _KERNELS[kind, True] = jit(numba, _make_rows(kind), parallel=True)
     return None
 
 
@@ -64,8 +123,15 @@ def available() -> bool:
     return _load() is None
 
 
-def dequantize_window(kind: str, blocks: np.ndarray, skip: int, out: np.ndarray) -> np.ndarray:
-    """blocks (R, nblk, type bytes) uint8 -> out (R, C), C <= nblk * 32 - skip, starting `skip` into row."""
+def dequantize_window(
+    kind: str, blocks: np.ndarray, skip: int, out: np.ndarray, parallel: bool | None = None
+) -> np.ndarray:
+    """blocks (R, nblk, type bytes) uint8 -> out (R, C), C <= nblk * 32 - skip, starting `skip` into row.
+
+    parallel: whole rows on numba's threads; None takes them from PARALLEL_MIN_SIZE elements on. Between
+    BLAS calls (the tiles of a layer) pass False: OpenBLAS's threads spin for a while after each call,
+    and a parallel region started then waits for the thread that shares a core with them.
+    """
     # numba does not check bounds: the shapes are checked here
     if (
         kind not in KIND_CODES
@@ -80,6 +146,13 @@ def dequantize_window(kind: str, blocks: np.ndarray, skip: int, out: np.ndarray)
             f"dequantize_window: {kind} blocks {blocks.dtype} {blocks.shape} do not cover out {out.shape} "
             f"from column {skip}"
         )
+    rows, nblk, nb = blocks.shape
+    if skip == 0 and out.shape[1] == nblk * 32 and out.flags.c_contiguous:
+        # whole rows (every tile of a GGMLLinear): the unrolled loop on (R, nblk * nb) contiguous bytes
+        flat = np.ascontiguousarray(blocks).reshape(rows, nblk * nb)  # (R, nblk, nb) -> (R, nblk * nb)
+        par = out.size >= PARALLEL_MIN_SIZE if parallel is None else bool(parallel)
+        _KERNELS[kind, par](flat, F16_TO_F32, out)
+        return out
     d = np.ascontiguousarray(blocks[:, :, 0:2]).view(np.float16).astype(np.float32)[..., 0]  # (R, nblk)
     if kind == "Q4_1":
         m = np.ascontiguousarray(blocks[:, :, 2:4]).view(np.float16).astype(np.float32)[..., 0]

@@ -15,10 +15,11 @@ order, so the two agree to rounding error of the dot products: |y - ref| <= 1e-5
 held by tests/llama/test_ggml_matvec.py. Compiled lazily on first use; without numba `available()`
 is False and callers take the reference.
 
-bench/bench_generate.py (SmolLM2-135M Q4_1, prompt 20, 64 greedy tokens, interleaved runs on the
-shared 2-core VM): at a load average of 4 to 5, entrenar 49 to 51 s against transformers' float32
-generate 27 to 34 s (1.57x its time: the goal is not met); at a load of 12 to 18 the order reversed
-(0.69x), so the kernel's speed on a quiet machine is still to be measured and tuned.
+The float16 scales are decoded in the loop by a 65,536-entry table (`ggml_dequant.F16_TO_F32`), so
+nothing but the packed bytes is kept per weight. The nibbles are masked and shifted as uint8: with
+an int64 intermediate (numba's default for `byte & 15`) LLVM converts them one by one and the loop
+runs at a quarter of the speed. Quiet 2-core VM: 2 (one thread) to 3.4 (two) billion Q4_1 weights
+a second; SmolLM2-135M decodes a token in ~80 ms (bench/bench_generate.py against transformers).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from typing import Any
 import numpy as np
 
 from entrenar.kernels._lazy import import_numba, jit, once
+from entrenar.kernels.ggml_dequant import F16_TO_F32
 
-__all__ = ["MAX_ROWS", "PARALLEL_MIN_WEIGHTS", "available", "block_scales", "matvec", "reference"]
+__all__ = ["MAX_ROWS", "PARALLEL_MIN_WEIGHTS", "available", "matvec", "reference"]
 
 # The kernel serves up to this many input rows (decoding steps of a small batch); more rows are GEMM work.
 MAX_ROWS = 8
@@ -38,46 +40,67 @@ MAX_ROWS = 8
 # loaded machine a parallel region waits for its slowest thread.
 PARALLEL_MIN_WEIGHTS = 1 << 18
 _TYPE_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}
-_KERNELS: dict[tuple[str, str, bool], Any] = {}  # (loop, dtype, parallel) -> compiled
+_KERNELS: dict[tuple[str, Any, bool], Any] = {}  # (kind, float type, parallel) -> compiled
 prange: Callable[..., Any] = range  # rebound to numba.prange when compiled
 
 
-def _make_q4(ft: Any) -> Callable[..., None]:
-    """The 4-bit loop for inputs of float type ft: codes (R, nblk, 16), d, c (R, nblk), xs (M, nblk, 32)."""
+def _make_q4(ft: Any, offset: int) -> Callable[..., None]:
+    """The 4-bit loop for inputs of float type ft: blocks (R, nblk * nb) uint8 whose codes start at `offset`.
 
-    def q4(
-        codes: np.ndarray, d: np.ndarray, c: np.ndarray, xs: np.ndarray, xsum: np.ndarray, y: np.ndarray
-    ) -> None:
-        rows, nblk = d.shape
-        m = xs.shape[0]
+    The float16 scale (and Q4_1 minimum) of each block is decoded in the loop by the table `f16`
+    (`ggml_dequant.F16_TO_F32`): nothing but the packed bytes is kept per weight.
+    """
+    nb = offset + 16
+    lo, hi = np.uint8(15), np.uint8(4)  # uint8 operands keep the nibbles uint8: int64 would not vectorise
+    q4_1 = offset == 4
+    minus8 = np.float32(-8.0)
+
+    def q4(blocks: np.ndarray, f16: np.ndarray, x: np.ndarray, xsum: np.ndarray, y: np.ndarray) -> None:
+        rows, m = y.shape[1], x.shape[0]
+        nblk = x.shape[1] // 32
         for r in prange(rows):
+            row = blocks[r]
             for i in range(m):
+                xi = x[i]
                 acc = 0.0
                 for b in range(nblk):
+                    start = b * nb
+                    d = f16[np.int64(row[start]) | (np.int64(row[start + 1]) << 8)]
+                    # Q4_1: the minimum m; Q4_0: -8 d (exact: a power of two)
+                    m16 = np.int64(row[start + 2]) | (np.int64(row[start + 3]) << 8)
+                    c = f16[m16] if q4_1 else d * minus8
+                    off = start + offset
+                    xo = b * 32
                     s = ft(0)
                     for j in range(16):
-                        byte = codes[r, b, j]
-                        s += xs[i, b, j] * ft(byte & 15) + xs[i, b, j + 16] * ft(byte >> 4)
-                    acc += np.float64(d[r, b]) * s + np.float64(c[r, b]) * xsum[i, b]
+                        byte = row[off + j]
+                        s += xi[xo + j] * ft(byte & lo) + xi[xo + 16 + j] * ft(byte >> hi)
+                    acc += np.float64(d) * s + np.float64(c) * xsum[i, b]
                 y[i, r] = acc
 
     return q4
 
 
 def _make_q8(ft: Any) -> Callable[..., None]:
-    """The 8-bit loop for inputs of float type ft: codes (R, nblk, 32) int8, d (R, nblk), xs (M, nblk, 32)."""
+    """The 8-bit loop for inputs of float type ft: blocks (R, nblk * 34) uint8, scales decoded by `f16`."""
 
-    def q8(codes: np.ndarray, d: np.ndarray, xs: np.ndarray, y: np.ndarray) -> None:
-        rows, nblk = d.shape
-        m = xs.shape[0]
+    def q8(blocks: np.ndarray, f16: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+        rows, m = y.shape[1], x.shape[0]
+        nblk = x.shape[1] // 32
         for r in prange(rows):
+            row = blocks[r]
             for i in range(m):
+                xi = x[i]
                 acc = 0.0
                 for b in range(nblk):
+                    start = b * 34
+                    d = f16[np.int64(row[start]) | (np.int64(row[start + 1]) << 8)]
+                    off = start + 2
+                    xo = b * 32
                     s = ft(0)
                     for j in range(32):
-                        s += xs[i, b, j] * ft(codes[r, b, j])
-                    acc += np.float64(d[r, b]) * s
+                        s += xi[xo + j] * ft(np.int8(row[off + j]))
+                    acc += np.float64(d) * s
                 y[i, r] = acc
 
     return q8
@@ -91,10 +114,11 @@ def _load() -> str | None:
     globals()["prange"] = numba.prange
     fast = {"reassoc", "contract"}
     for ft in (np.float32, np.float64):
-        name = np.dtype(ft).name
+        name = ft
         for par in (False, True):
-            _KERNELS["q4", name, par] = jit(numba, _make_q4(ft), parallel=par, fastmath=fast)
-            _KERNELS["q8", name, par] = jit(numba, _make_q8(ft), parallel=par, fastmath=fast)
+            _KERNELS["Q4_0", name, par] = jit(numba, _make_q4(ft, 2), parallel=par, fastmath=fast)
+            _KERNELS["Q4_1", name, par] = jit(numba, _make_q4(ft, 4), parallel=par, fastmath=fast)
+            _KERNELS["Q8_0", name, par] = jit(numba, _make_q8(ft), parallel=par, fastmath=fast)
     return None
 
 
@@ -130,41 +154,9 @@ def reference(kind: str, blocks: np.ndarray, x: np.ndarray) -> np.ndarray:
     return x @ w.reshape(out_f, nblk * 32).astype(x.dtype).T  # (M, K) @ (K, R) -> (M, R)
 
 
-def block_scales(kind: str, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(d, c) float32 (R, nblk) from packed (R, nblk * type bytes) blocks: d the scale, c the term of X.
-
-    c is the Q4_1 minimum m, -8 d for Q4_0 and unused (d) for Q8_0. Callers that multiply by the same
-    weight many times (GGMLTensor) keep them, so the float16 decoding is not repeated per call.
-    """
-    if (
-        kind not in _TYPE_BYTES
-        or blocks.dtype != np.uint8
-        or blocks.ndim != 2
-        or blocks.shape[1] % _TYPE_BYTES[kind]
-    ):
-        raise ValueError(
-            f"ggml_matvec.block_scales: expected uint8 (rows, n * type bytes) blocks of a supported kind "
-            f"{sorted(_TYPE_BYTES)}, got {kind!r} {blocks.dtype} {blocks.shape}"
-        )
-    nb = _TYPE_BYTES[kind]
-    b3 = blocks.reshape(blocks.shape[0], -1, nb)  # (R, nblk * nb) -> (R, nblk, nb)
-    d = np.ascontiguousarray(b3[:, :, 0:2]).view(np.float16)[..., 0].astype(np.float32)  # (R, nblk)
-    if kind == "Q4_1":
-        return d, np.ascontiguousarray(b3[:, :, 2:4]).view(np.float16)[..., 0].astype(np.float32)
-    return d, (d * np.float32(-8.0) if kind == "Q4_0" else d)  # -8 d is exact: a power of two
-
-
-def matvec(
-    kind: str,
-    blocks: np.ndarray,
-    x: np.ndarray,
-    scales: tuple[np.ndarray, np.ndarray] | None = None,
-    *,
-    parallel: bool | None = None,
-) -> np.ndarray:
+def matvec(kind: str, blocks: np.ndarray, x: np.ndarray, *, parallel: bool | None = None) -> np.ndarray:
     """y = x @ W^T, (M, K) x packed (R, K) -> (M, R) in x's dtype, M <= MAX_ROWS (see the docstring).
 
-    scales: `block_scales(kind, blocks)`, if the caller keeps them; computed here otherwise.
     parallel: numba's threads over output rows; None takes them from PARALLEL_MIN_WEIGHTS weights on.
     """
     out_f, nblk = _check(kind, blocks, x, "ggml_matvec.matvec")
@@ -172,21 +164,13 @@ def matvec(
         raise ValueError(f"ggml_matvec.matvec: x must have 1 to {MAX_ROWS} rows, got {x.shape[0]}")
     if not available():
         raise RuntimeError(f"ggml_matvec.matvec: the fused kernel is unavailable ({_load()})")
-    d, c = block_scales(kind, blocks) if scales is None else scales
-    if d.shape != (out_f, nblk) or c.shape != (out_f, nblk) or d.dtype != np.float32 or c.dtype != np.float32:
-        raise ValueError(
-            f"ggml_matvec.matvec: scales must be two float32 ({out_f}, {nblk}) arrays, got "
-            f"{d.dtype} {d.shape} and {c.dtype} {c.shape}"
-        )
-    b3 = blocks.reshape(out_f, nblk, _TYPE_BYTES[kind])  # (R, nblk * nb) -> (R, nblk, nb)
-    xs = np.ascontiguousarray(x).reshape(x.shape[0], nblk, 32)  # (M, K) -> (M, nblk, 32)
+    blocks = np.ascontiguousarray(blocks)  # rows read whole: a packed weight is contiguous already
+    xs = np.ascontiguousarray(x)
     y = np.empty((x.shape[0], out_f), dtype=x.dtype)
-    name = x.dtype.name
     par = out_f * x.shape[1] >= PARALLEL_MIN_WEIGHTS if parallel is None else bool(parallel)
+    kernel = _KERNELS[kind, x.dtype.type, par]
     if kind == "Q8_0":
-        _KERNELS["q8", name, par](b3[:, :, 2:].view(np.int8), d, xs, y)
-        return y
-    codes = b3[:, :, 4:] if kind == "Q4_1" else b3[:, :, 2:]
-    xsum = xs.sum(axis=-1, dtype=np.float64)  # (M, nblk)
-    _KERNELS["q4", name, par](codes, d, c, xs, xsum, y)
+        kernel(blocks, F16_TO_F32, xs, y)
+    else:
+        kernel(blocks, F16_TO_F32, xs, xs.reshape(x.shape[0], nblk, 32).sum(axis=-1, dtype=np.float64), y)
     return y

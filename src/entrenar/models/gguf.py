@@ -29,7 +29,7 @@ import numpy as np
 from entrenar.models.limits import check_parameter_count, check_sizes, llama_parameter_count
 from entrenar.models.llama import LlamaConfig, LlamaForCausalLM
 from entrenar.nn.layers import Linear
-from entrenar.quant.ggml import GGML_TYPE_BYTES, GGMLLinear, GGMLTensor
+from entrenar.quant.ggml import GGML_TYPE_BYTES, GGMLEmbedding, GGMLLinear, GGMLTensor
 from entrenar.quant.linear import QuantLinear
 
 __all__ = [
@@ -214,9 +214,12 @@ def llama_from_gguf(
     """A LlamaForCausalLM from a GGUF file.
 
     base: "packed" keeps Q4_0 / Q4_1 / Q8_0 projections in their blocks (GGMLLinear), "nf4"
-    re-quantizes them to NF4 (QuantLinear), "float" dequantizes them. Embeddings, norms and a
-    tied lm_head are always float (the embedding table is looked up, not multiplied). `path` may
-    also be a reader from `open_gguf` (parsing the metadata of a large vocabulary takes seconds).
+    re-quantizes them to NF4 (QuantLinear), "float" dequantizes them. Norms are always float. With
+    "packed", a quantized tied embedding stays packed too: one GGMLTensor serves as the input table
+    (GGMLEmbedding, rows dequantized as they are looked up) and as the output projection (a GGMLLinear
+    lm_head, which decoding multiplies by the fused matvec kernel); otherwise embeddings and the lm_head
+    are float. `path` may also be a reader from `open_gguf` (parsing the metadata of a large
+    vocabulary takes seconds).
     """
     if base not in ("packed", "nf4", "float"):
         raise ValueError(f"llama_from_gguf: base must be 'packed', 'nf4' or 'float', got {base!r}")
@@ -227,7 +230,11 @@ def llama_from_gguf(
     tensors = read_gguf_tensors(reader, config, where)
     model = LlamaForCausalLM(config, dtype=dtype)
     floats: dict[str, np.ndarray] = {}
+    embed = tensors.get("model.embed_tokens.weight")
+    packed_embedding = base == "packed" and config.tie_word_embeddings and isinstance(embed, GGMLTensor)
     try:
+        if packed_embedding:
+            _tie_packed(model, tensors.pop("model.embed_tokens.weight"), dtype)
         for name, value in tensors.items():
             if isinstance(value, np.ndarray):
                 floats[name] = value
@@ -241,11 +248,22 @@ def llama_from_gguf(
     missing = [
         n
         for n, _ in model.named_parameters()
-        if n not in floats and not (config.tie_word_embeddings and n == "lm_head.weight")
+        if n not in floats
+        and not (config.tie_word_embeddings and n == "lm_head.weight")
+        and not (packed_embedding and n == "model.embed_tokens.weight")
     ]
     if missing:
         raise ValueError(f"{where}: the file lacks tensors for {', '.join(missing[:5])}")
     return model
+
+
+def _tie_packed(model: LlamaForCausalLM, q: GGMLTensor, dtype: Any) -> None:
+    """The tied embedding kept packed: one GGMLTensor for embed_tokens and lm_head (see llama_from_gguf)."""
+    emb = model.model.embed_tokens
+    if (emb.num_embeddings, emb.embedding_dim) != q.shape:
+        raise ValueError(f"GGUF tensor for model.embed_tokens has shape {q.shape}, the model expects {emb}")
+    model.model.embed_tokens = GGMLEmbedding(q, dtype=dtype)  # type: ignore[assignment]
+    model.lm_head = GGMLLinear(q)  # type: ignore[assignment]
 
 
 def _replace_linear(model: LlamaForCausalLM, path: str, q: GGMLTensor, base: str, block: int) -> None:

@@ -304,11 +304,12 @@ def _check_generator(op: str, generator: Any) -> np.random.Generator:
 def _keep_scale(shape: tuple[int, ...], p: float, rng: np.random.Generator | None, dtype: Any) -> np.ndarray:
     """The inverted-dropout multiplier: 0 where dropped (probability p), 1 / (1 - p) elsewhere.
 
-    rng is None only for p == 1, where nothing is drawn.
+    rng is None only for p == 1, where nothing is drawn. The uniforms are float32 (24 random bits,
+    half the draws and bytes of float64: LoRA dropout on every projection input is a pass per layer).
     """
     if rng is None:
         return np.zeros(shape, dtype=dtype)
-    keep = rng.random(shape) >= p
+    keep = rng.random(shape, dtype=np.float32) >= np.float32(p)
     return keep * np.asarray(1.0 / (1.0 - p), dtype=dtype)
 
 

@@ -69,15 +69,18 @@ def _quant_linear_backward(g: np.ndarray, saved: Any, needs: tuple[bool, ...]) -
     g2 = g if g.ndim == 2 else g.reshape(-1, out_f)  # (*, out) -> (N, out)
     gx = gb = None
     if needs[0]:
+        # row tiles, as the forward: gx = sum over tiles of g[:, r0:r1] @ W[r0:r1] (N, t) @ (t, in). Column
+        # slabs of W would make skinny GEMMs over all of out_f for a wide output (an lm_head's vocabulary).
         gx = np.empty((g2.shape[0], in_f), dtype=g.dtype)
-        cols = max(1, min(in_f, tile_rows * in_f // max(1, out_f)))  # a slab as large as a forward tile
-        buf = np.empty(out_f * cols, dtype=g.dtype)
-        for c0 in range(0, in_f, cols):
-            c1 = min(in_f, c0 + cols)
-            w = qweight.dequantize_rect(
-                0, out_f, c0, c1, g.dtype, out=buf[: out_f * (c1 - c0)].reshape(out_f, -1)
-            )
-            np.matmul(g2, w, out=gx[:, c0:c1])  # (N, out) @ (out, c) -> (N, c)
+        part = np.empty_like(gx) if out_f > tile_rows else gx
+        buf = np.empty(min(tile_rows, out_f) * in_f, dtype=g.dtype)
+        for r0 in range(0, out_f, tile_rows):
+            r1 = min(out_f, r0 + tile_rows)
+            tile = buf[: (r1 - r0) * in_f].reshape(r1 - r0, in_f)
+            w = qweight.dequantize_rows(r0, r1, g.dtype, out=tile, parallel=PARALLEL_DEQUANT)
+            np.matmul(g2[:, r0:r1], w, out=gx if r0 == 0 else part)  # (N, t) @ (t, in) -> (N, in)
+            if r0:
+                gx += part
         gx = gx.reshape(x_shape)
     if needs[1]:
         gb = g2.sum(axis=0)

@@ -50,6 +50,7 @@ __all__ = [
     "GGML_BLOCK",
     "GGML_TYPE_BYTES",
     "MATVEC",
+    "GGMLEmbedding",
     "GGMLLinear",
     "GGMLTensor",
     "dequantize_blocks",
@@ -178,7 +179,6 @@ class GGMLTensor:
         self.kind = kind
         self.data = data
         self.shape = (rows, cols)
-        self._scales: tuple[np.ndarray, np.ndarray] | None = None  # float32 (rows, cols / 32) each
 
     @property
     def nbytes(self) -> int:
@@ -208,8 +208,8 @@ class GGMLTensor:
         *,
         parallel: bool | None = None,
     ) -> np.ndarray:
-        """Rows [start, stop) as (stop - start, cols), into `out` if given (parallel is accepted, unused)."""
-        return self.dequantize_rect(start, stop, 0, self.shape[1], dtype, out)
+        """Rows [start, stop) as (stop - start, cols), into `out` if given (parallel: see dequantize_rect)."""
+        return self.dequantize_rect(start, stop, 0, self.shape[1], dtype, out, parallel=parallel)
 
     def dequantize_rect(
         self,
@@ -222,7 +222,10 @@ class GGMLTensor:
         *,
         parallel: bool | None = None,
     ) -> np.ndarray:
-        """The sub-matrix [row_start:row_stop, col_start:col_stop], from the blocks that cover it."""
+        """The sub-matrix [row_start:row_stop, col_start:col_stop], from the blocks that cover it.
+
+        parallel: whole rows on numba's threads (`ggml_dequant.dequantize_window`); None decides by size.
+        """
         rows, cols = self.shape
         if not (0 <= row_start <= row_stop <= rows and 0 <= col_start <= col_stop <= cols):
             raise ValueError(
@@ -247,21 +250,15 @@ class GGMLTensor:
         if FUSED and ggml_dequant.available() and out.flags.writeable:
             # (R, nblk * nb) -> (R, nblk, nb), written straight into the window of out
             blocks3 = self.data[row_start:row_stop, b0 * nb : b1 * nb].reshape(shape[0], b1 - b0, nb)
-            return ggml_dequant.dequantize_window(self.kind, blocks3, lo, out)
+            return ggml_dequant.dequantize_window(self.kind, blocks3, lo, out, parallel)
         blocks = self.data[row_start:row_stop, b0 * nb : b1 * nb].reshape(-1, nb)  # (R * nblk, nb)
         vals = dequantize_blocks(self.kind, blocks).reshape(shape[0], -1)  # (R, nblk * 32)
         out[...] = vals[:, lo : lo + shape[1]]
         return out
 
     def matvec(self, x: np.ndarray) -> np.ndarray:
-        """x @ W^T for x (M, cols), M <= ggml_matvec.MAX_ROWS, by the fused kernel -> (M, rows).
-
-        The block scales are decoded from float16 once, on the first call, and kept (4 or 8 bytes per
-        block of 32 weights) so that decoding steps do not repeat it.
-        """
-        if self._scales is None:
-            self._scales = ggml_matvec.block_scales(self.kind, self.data)
-        return ggml_matvec.matvec(self.kind, self.data, x, self._scales)
+        """x @ W^T for x (M, cols), M <= ggml_matvec.MAX_ROWS, by the fused kernel -> (M, rows)."""
+        return ggml_matvec.matvec(self.kind, self.data, x)
 
     def to_nf4(self, block_size: int = 64, double_quant: bool = False) -> QuantizedTensor:
         """Re-quantized to NF4 (bitsandbytes layout) from the dequantized float32 values."""
@@ -357,3 +354,47 @@ class GGMLLinear(Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kind={self.qweight.kind}"
+
+
+class GGMLEmbedding(Module):
+    """A frozen embedding table kept in GGML blocks: forward(ids) dequantizes only the rows looked up.
+
+    A tied Llama embedding is both the input table and the output projection; kept packed
+    (`entrenar.models.gguf.llama_from_gguf`) it is one GGMLTensor shared by this module and a
+    GGMLLinear lm_head, instead of a float copy (SmolLM2-135M: 30 MiB of Q8_0 instead of 108 MiB of
+    float32). The blocks are not registered as a buffer here: the lm_head that shares them carries them.
+    """
+
+    def __init__(self, qweight: GGMLTensor, *, dtype: Any = np.float32) -> None:
+        super().__init__()
+        if not isinstance(qweight, GGMLTensor):
+            raise TypeError(f"GGMLEmbedding: qweight must be a GGMLTensor, got {type(qweight).__name__}")
+        self.qweight = qweight
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"GGMLEmbedding: dtype must be float32 or float64, got {self.dtype}")
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.qweight.shape[0]
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.qweight.shape[1]
+
+    def forward(self, input: TensorLike) -> Tensor:
+        ids = np.asarray(input.data if isinstance(input, Tensor) else input)
+        if ids.dtype.kind not in "iu":
+            raise ValueError(f"GGMLEmbedding: ids must be integers, got {ids.dtype}")
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.num_embeddings):
+            raise IndexError(
+                f"GGMLEmbedding: ids must lie in [0, {self.num_embeddings}), got "
+                f"{int(ids.min())}..{int(ids.max())}"
+            )
+        flat = ids.reshape(-1)
+        picked = GGMLTensor(self.qweight.kind, self.qweight.data[flat], (flat.size, self.embedding_dim))
+        rows = picked.dequantize(self.dtype)  # (N, C)
+        return Tensor(rows.reshape(*ids.shape, self.embedding_dim))  # (N, C) -> (*ids, C)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, kind={self.qweight.kind}"
