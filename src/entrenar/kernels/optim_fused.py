@@ -30,7 +30,13 @@ after 20 steps, 1.6% of the parameters differed from the reference, by up to 9e-
 
 Threads: arrays of at least `PARALLEL_MIN_SIZE` elements are split over numba's threads (its
 default is the CPUs this process may run on; `NUMBA_NUM_THREADS` or `numba.set_num_threads` change
-it); smaller ones run on the calling thread, where starting the pool would cost more than the work.
+it); smaller ones run on the calling thread. The threshold is high (4M elements) for a reason found
+in training: the update follows the backward pass's GEMMs, and OpenBLAS's threads keep spinning on
+the cores for a while after each, so a parallel region then waits for a numba thread that shares its
+core with one of them. GPT-style LM of bench_gpt.py (14 tensors of up to 256k elements): AdamW took
+33 ms a step on numba's threads and 2.7 ms on one. Alone (bench_optim.py, "threads" row), the
+threaded update of 10M parameters is about 1.7x faster than one thread; above 4M elements in one
+tensor the saving outweighs a wait of a few milliseconds.
 
 Compilation is lazy: numba is imported on the first call (not with entrenar), and each of the four
 loops (SGD and Adam; one thread and prange) is compiled once per dtype it meets, float32 or float64,
@@ -54,9 +60,8 @@ from entrenar.kernels._lazy import import_numba, jit, once
 
 __all__ = ["PARALLEL_MIN_SIZE", "adam_step", "available", "sgd_step", "supports", "unavailable_reason"]
 
-# Below this many elements one thread is as fast or faster: waking numba's pool costs a few microseconds,
-# as much as updating 16k-32k float32 elements in cache (`bench/bench_optim.py --sizes`, 2 threads).
-PARALLEL_MIN_SIZE = 1 << 15
+# Below this many elements one thread: see the module docstring (threads after GEMMs wait on OpenBLAS's).
+PARALLEL_MIN_SIZE = 1 << 22
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 

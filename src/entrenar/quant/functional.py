@@ -30,13 +30,16 @@ from entrenar.autograd.registry import Arg, Built, as_tensor, case, defop, publi
 from entrenar.quant.tensor import QuantizedTensor, quantize
 from entrenar.tensor import Tensor, TensorLike
 
-__all__ = ["PARALLEL_DEQUANT", "TILE_BYTES", "default_tile_rows", "quant_linear"]
+__all__ = ["PARALLEL_DEQUANT", "SLAB_MIN_COLS", "TILE_BYTES", "default_tile_rows", "quant_linear"]
 
 TILE_BYTES = 8 << 20  # the float32 tile the default tile_rows aims at
 # Dequantize tiles on the calling thread: between two BLAS calls, OpenBLAS's threads still spin and
 # numba's would fight them for the cores (as kernels/nn_fused.py measured for its kernels). Here
 # the difference stayed within the noise of a shared machine; bench/bench_quant.py times both.
 PARALLEL_DEQUANT = False
+# The input gradient goes by column slabs of W (no accumulation) when a slab is at least this wide
+# (or all of in_features); narrower slabs (a vocabulary-wide lm_head) take row tiles and accumulate.
+SLAB_MIN_COLS = 256
 
 
 def default_tile_rows(out_features: int, in_features: int) -> int:
@@ -69,18 +72,28 @@ def _quant_linear_backward(g: np.ndarray, saved: Any, needs: tuple[bool, ...]) -
     g2 = g if g.ndim == 2 else g.reshape(-1, out_f)  # (*, out) -> (N, out)
     gx = gb = None
     if needs[0]:
-        # row tiles, as the forward: gx = sum over tiles of g[:, r0:r1] @ W[r0:r1] (N, t) @ (t, in). Column
-        # slabs of W would make skinny GEMMs over all of out_f for a wide output (an lm_head's vocabulary).
         gx = np.empty((g2.shape[0], in_f), dtype=g.dtype)
-        part = np.empty_like(gx) if out_f > tile_rows else gx
-        buf = np.empty(min(tile_rows, out_f) * in_f, dtype=g.dtype)
-        for r0 in range(0, out_f, tile_rows):
-            r1 = min(out_f, r0 + tile_rows)
-            tile = buf[: (r1 - r0) * in_f].reshape(r1 - r0, in_f)
-            w = qweight.dequantize_rows(r0, r1, g.dtype, out=tile, parallel=PARALLEL_DEQUANT)
-            np.matmul(g2[:, r0:r1], w, out=gx if r0 == 0 else part)  # (N, t) @ (t, in) -> (N, in)
-            if r0:
-                gx += part
+        cols = max(1, min(in_f, tile_rows * in_f // max(1, out_f)))  # a slab as large as a forward tile
+        if cols >= min(in_f, SLAB_MIN_COLS):
+            # column slabs of W: gx[:, c0:c1] = g @ W[:, c0:c1] (N, out) @ (out, c), written in place
+            buf = np.empty(out_f * cols, dtype=g.dtype)
+            for c0 in range(0, in_f, cols):
+                c1 = min(in_f, c0 + cols)
+                slab = buf[: out_f * (c1 - c0)].reshape(out_f, -1)
+                w = qweight.dequantize_rect(0, out_f, c0, c1, g.dtype, out=slab, parallel=PARALLEL_DEQUANT)
+                np.matmul(g2, w, out=gx[:, c0:c1])
+        else:
+            # a wide output (an lm_head's vocabulary) would make the slabs skinny GEMMs over all of out_f:
+            # row tiles as the forward's, gx = sum over tiles of g[:, r0:r1] @ W[r0:r1] (N, t) @ (t, in)
+            part = np.empty_like(gx)
+            buf = np.empty(min(tile_rows, out_f) * in_f, dtype=g.dtype)
+            for r0 in range(0, out_f, tile_rows):
+                r1 = min(out_f, r0 + tile_rows)
+                tile = buf[: (r1 - r0) * in_f].reshape(r1 - r0, in_f)
+                w = qweight.dequantize_rows(r0, r1, g.dtype, out=tile, parallel=PARALLEL_DEQUANT)
+                np.matmul(g2[:, r0:r1], w, out=gx if r0 == 0 else part)  # (N, t) @ (t, in) -> (N, in)
+                if r0:
+                    gx += part
         gx = gx.reshape(x_shape)
     if needs[1]:
         gb = g2.sum(axis=0)
