@@ -2,8 +2,9 @@
 
 The NumPy reference, which is the spec, is `entrenar.quant.ggml.dequantize_blocks`; the test
 tests/llama/test_ggml_blocks.py holds the two equal bit for bit. The float16 scales (and Q4_1
-minimums) are converted to float32 by NumPy before the loop; per element, in float32 and in this
-order (no fastmath, so no fused multiply-add), then stored in the output dtype::
+minimums) are decoded in the loops from their two bytes by the table F16_TO_F32 (`f16_at`, shared
+with `ggml_matvec`); per element, in float32 and in this order (no fastmath, so no fused
+multiply-add), then stored in the output dtype::
 
     Q4_0  d * (q - 8)     Q4_1  d * q + m     Q8_0  d * q
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from entrenar.kernels._lazy import import_numba, jit, once
 
-__all__ = ["F16_TO_F32", "KIND_CODES", "PARALLEL_MIN_SIZE", "available", "dequantize_window"]
+__all__ = ["F16_TO_F32", "KIND_CODES", "PARALLEL_MIN_SIZE", "available", "dequantize_window", "f16_at"]
 
 KIND_CODES = {"Q4_0": 0, "Q4_1": 1, "Q8_0": 2}
 # Whole rows of at least this many elements are written on numba's threads (below, one thread is as fast).
@@ -30,33 +31,37 @@ _KERNELS: dict[Any, Any] = {}
 prange: Any = range  # rebound to numba.prange when compiled
 
 
-def _window(codes: np.ndarray, d: np.ndarray, m: np.ndarray, kind: int, skip: int, out: np.ndarray) -> None:
-    """codes (R, nblk, 16 or 32) uint8, d and m (R, nblk) float32 -> out (R, C): elements skip .. skip + C."""
+# float16 bits -> float32, exact (numba has no float16): a block's scale is looked up from its two bytes
+F16_TO_F32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+
+
+def f16_at(row: np.ndarray, at: int, f16: np.ndarray) -> np.float32:
+    """The float16 stored little-endian at bytes at, at + 1 of the uint8 array `row`, by the table `f16`
+    (F16_TO_F32). Compiled inline into every GGML loop (here and in `ggml_matvec`)."""
+    return f16[np.int64(row[at]) | (np.int64(row[at + 1]) << 8)]
+
+
+def _window(blocks: np.ndarray, f16: np.ndarray, kind: int, skip: int, out: np.ndarray) -> None:
+    """blocks (R, nblk, type bytes) uint8 -> out (R, C): elements skip .. skip + C of each row."""
     rows, ncols = out.shape
-    nblk = d.shape[1]
+    nblk = blocks.shape[1]
     for r in range(rows):
         for b in range(nblk):
-            db = d[r, b]
-            mb = m[r, b]
+            blk = blocks[r, b]
+            db = f16_at(blk, 0, f16)
             base = b * 32 - skip
             for j in range(32):
                 c = base + j
                 if c < 0 or c >= ncols:
                     continue
                 if kind == 2:
-                    q = np.float32(np.int8(codes[r, b, j]))
-                    out[r, c] = db * q
+                    out[r, c] = db * np.float32(np.int8(blk[2 + j]))
+                elif kind == 0:
+                    byte = blk[2 + j % 16]
+                    out[r, c] = db * (np.float32((byte & 15) if j < 16 else (byte >> 4)) - np.float32(8.0))
                 else:
-                    byte = codes[r, b, j % 16]
-                    q4 = (byte & 15) if j < 16 else (byte >> 4)
-                    if kind == 0:
-                        out[r, c] = db * (np.float32(q4) - np.float32(8.0))
-                    else:
-                        out[r, c] = db * np.float32(q4) + mb
-
-
-# float16 bits -> float32, exact (numba has no float16): a block's scale is looked up from its two bytes
-F16_TO_F32 = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+                    byte = blk[4 + j % 16]
+                    out[r, c] = db * np.float32((byte & 15) if j < 16 else (byte >> 4)) + f16_at(blk, 2, f16)
 
 
 def _make_rows(kind: str) -> Any:
@@ -67,43 +72,38 @@ def _make_rows(kind: str) -> Any:
     """
     nb = _TYPE_BYTES[kind]
     lo, hi, eight = np.uint8(15), np.uint8(4), np.float32(8.0)
+    q4_1 = kind == "Q4_1"  # a constant of the compiled loop: the branch below is resolved at compile time
 
-    def q4_0(blocks: np.ndarray, f16: np.ndarray, out: np.ndarray) -> None:
+    def q4(blocks: np.ndarray, f16: np.ndarray, out: np.ndarray) -> None:
         rows, nblk = out.shape[0], out.shape[1] // 32
         for r in prange(rows):
             row, o = blocks[r], out[r]
             for b in range(nblk):
                 off = b * nb
-                db = f16[np.int64(row[off]) | (np.int64(row[off + 1]) << 8)]
-                for j in range(16):
-                    byte = row[off + 2 + j]
-                    o[b * 32 + j] = db * (np.float32(byte & lo) - eight)
-                    o[b * 32 + 16 + j] = db * (np.float32(byte >> hi) - eight)
+                db = f16_at(row, off, f16)
+                if q4_1:  # d * q + m
+                    mb = f16_at(row, off + 2, f16)
+                    for j in range(16):
+                        byte = row[off + 4 + j]
+                        o[b * 32 + j] = db * np.float32(byte & lo) + mb
+                        o[b * 32 + 16 + j] = db * np.float32(byte >> hi) + mb
+                else:  # d * (q - 8)
+                    for j in range(16):
+                        byte = row[off + 2 + j]
+                        o[b * 32 + j] = db * (np.float32(byte & lo) - eight)
+                        o[b * 32 + 16 + j] = db * (np.float32(byte >> hi) - eight)
 
-    def q4_1(blocks: np.ndarray, f16: np.ndarray, out: np.ndarray) -> None:
+    def q8(blocks: np.ndarray, f16: np.ndarray, out: np.ndarray) -> None:
         rows, nblk = out.shape[0], out.shape[1] // 32
         for r in prange(rows):
             row, o = blocks[r], out[r]
             for b in range(nblk):
                 off = b * nb
-                db = f16[np.int64(row[off]) | (np.int64(row[off + 1]) << 8)]
-                mb = f16[np.int64(row[off + 2]) | (np.int64(row[off + 3]) << 8)]
-                for j in range(16):
-                    byte = row[off + 4 + j]
-                    o[b * 32 + j] = db * np.float32(byte & lo) + mb
-                    o[b * 32 + 16 + j] = db * np.float32(byte >> hi) + mb
-
-    def q8_0(blocks: np.ndarray, f16: np.ndarray, out: np.ndarray) -> None:
-        rows, nblk = out.shape[0], out.shape[1] // 32
-        for r in prange(rows):
-            row, o = blocks[r], out[r]
-            for b in range(nblk):
-                off = b * nb
-                db = f16[np.int64(row[off]) | (np.int64(row[off + 1]) << 8)]
+                db = f16_at(row, off, f16)
                 for j in range(32):
                     o[b * 32 + j] = db * np.float32(np.int8(row[off + 2 + j]))
 
-    return {"Q4_0": q4_0, "Q4_1": q4_1, "Q8_0": q8_0}[kind]
+    return q8 if kind == "Q8_0" else q4
 
 
 @once
@@ -111,7 +111,9 @@ def _load() -> str | None:
     numba, reason = import_numba()
     if numba is None:
         return reason
-    globals()["prange"] = numba.prange
+    g = globals()
+    g["prange"] = numba.prange
+    g["f16_at"] = jit(numba, f16_at, inline="always")
     _KERNELS["window"] = jit(numba, _window)
     for kind in _TYPE_BYTES:
         _KERNELS[kind, False] = jit(numba, _make_rows(kind))
@@ -153,12 +155,5 @@ def dequantize_window(
         par = out.size >= PARALLEL_MIN_SIZE if parallel is None else bool(parallel)
         _KERNELS[kind, par](flat, F16_TO_F32, out)
         return out
-    d = np.ascontiguousarray(blocks[:, :, 0:2]).view(np.float16).astype(np.float32)[..., 0]  # (R, nblk)
-    if kind == "Q4_1":
-        m = np.ascontiguousarray(blocks[:, :, 2:4]).view(np.float16).astype(np.float32)[..., 0]
-        codes = blocks[:, :, 4:]
-    else:
-        m = d  # unused
-        codes = blocks[:, :, 2:]
-    _KERNELS["window"](codes, d, m, KIND_CODES[kind], skip, out)
+    _KERNELS["window"](blocks, F16_TO_F32, KIND_CODES[kind], skip, out)
     return out

@@ -15,7 +15,7 @@ order, so the two agree to rounding error of the dot products: |y - ref| <= 1e-5
 held by tests/llama/test_ggml_matvec.py. Compiled lazily on first use; without numba `available()`
 is False and callers take the reference.
 
-The float16 scales are decoded in the loop by a 65,536-entry table (`ggml_dequant.F16_TO_F32`), so
+The float16 scales are decoded in the loop by a 65,536-entry table (`ggml_dequant.f16_at`), so
 nothing but the packed bytes is kept per weight. The nibbles are masked and shifted as uint8: with
 an int64 intermediate (numba's default for `byte & 15`) LLVM converts them one by one and the loop
 runs at a quarter of the speed. Quiet 2-core VM: 2 (one thread) to 3.4 (two) billion Q4_1 weights
@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from entrenar.kernels import ggml_dequant
 from entrenar.kernels._lazy import import_numba, jit, once
 from entrenar.kernels.ggml_dequant import F16_TO_F32
 
@@ -42,6 +43,7 @@ PARALLEL_MIN_WEIGHTS = 1 << 18
 _TYPE_BYTES = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}
 _KERNELS: dict[tuple[str, Any, bool], Any] = {}  # (kind, float type, parallel) -> compiled
 prange: Callable[..., Any] = range  # rebound to numba.prange when compiled
+f16_at: Callable[..., Any] = ggml_dequant.f16_at  # rebound to its compiled (inlined) form
 
 
 def _make_q4(ft: Any, offset: int) -> Callable[..., None]:
@@ -65,10 +67,9 @@ def _make_q4(ft: Any, offset: int) -> Callable[..., None]:
                 acc = 0.0
                 for b in range(nblk):
                     start = b * nb
-                    d = f16[np.int64(row[start]) | (np.int64(row[start + 1]) << 8)]
+                    d = f16_at(row, start, f16)
                     # Q4_1: the minimum m; Q4_0: -8 d (exact: a power of two)
-                    m16 = np.int64(row[start + 2]) | (np.int64(row[start + 3]) << 8)
-                    c = f16[m16] if q4_1 else d * minus8
+                    c = f16_at(row, start + 2, f16) if q4_1 else d * minus8
                     off = start + offset
                     xo = b * 32
                     s = ft(0)
@@ -94,7 +95,7 @@ def _make_q8(ft: Any) -> Callable[..., None]:
                 acc = 0.0
                 for b in range(nblk):
                     start = b * 34
-                    d = f16[np.int64(row[start]) | (np.int64(row[start + 1]) << 8)]
+                    d = f16_at(row, start, f16)
                     off = start + 2
                     xo = b * 32
                     s = ft(0)
@@ -111,14 +112,17 @@ def _load() -> str | None:
     numba, reason = import_numba()
     if numba is None:
         return reason
+    reason = ggml_dequant._load()  # compiles f16_at, which these loops inline
+    if reason is not None:
+        return reason
+    globals()["f16_at"] = ggml_dequant.f16_at
     globals()["prange"] = numba.prange
     fast = {"reassoc", "contract"}
     for ft in (np.float32, np.float64):
-        name = ft
         for par in (False, True):
-            _KERNELS["Q4_0", name, par] = jit(numba, _make_q4(ft, 2), parallel=par, fastmath=fast)
-            _KERNELS["Q4_1", name, par] = jit(numba, _make_q4(ft, 4), parallel=par, fastmath=fast)
-            _KERNELS["Q8_0", name, par] = jit(numba, _make_q8(ft), parallel=par, fastmath=fast)
+            _KERNELS["Q4_0", ft, par] = jit(numba, _make_q4(ft, 2), parallel=par, fastmath=fast)
+            _KERNELS["Q4_1", ft, par] = jit(numba, _make_q4(ft, 4), parallel=par, fastmath=fast)
+            _KERNELS["Q8_0", ft, par] = jit(numba, _make_q8(ft), parallel=par, fastmath=fast)
     return None
 
 
