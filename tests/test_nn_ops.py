@@ -9,6 +9,7 @@ import torch.nn.functional as TF
 
 import entrenar.functional as F
 from entrenar import Tensor
+from entrenar.kernels import dropout_fused
 
 
 def _t(a: np.ndarray, grad: bool = True) -> Tensor:
@@ -220,7 +221,8 @@ def test_attention_dropout_uses_the_generator_draws() -> None:
     s = q @ np.swapaxes(k, -1, -2) / 2.0
     w = np.exp(s - s.max(-1, keepdims=True))
     w /= w.sum(-1, keepdims=True)
-    keep = np.random.default_rng(9).random(w.shape, dtype=np.float32) >= np.float32(p)  # float32 draws
+    key = dropout_fused.draw_key(np.random.default_rng(9))  # the one draw a mask takes
+    keep = dropout_fused.keep_reference(key, w.size, p).reshape(w.shape)
     np.testing.assert_allclose(out.data, (w * keep / (1 - p)) @ v, rtol=1e-12)
     zeros = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v), dropout_p=1.0)
     np.testing.assert_array_equal(zeros.data, 0.0)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from entrenar.autograd.registry import Arg, Gen, case, defop, public
-from entrenar.kernels import attention_fused, nn_fused
+from entrenar.kernels import attention_fused, dropout_fused, nn_fused
 from entrenar.tensor import Tensor, TensorLike
 
 __all__ = [
@@ -304,24 +304,35 @@ def _check_generator(op: str, generator: Any) -> np.random.Generator:
 def _keep_scale(shape: tuple[int, ...], p: float, rng: np.random.Generator | None, dtype: Any) -> np.ndarray:
     """The inverted-dropout multiplier: 0 where dropped (probability p), 1 / (1 - p) elsewhere.
 
-    rng is None only for p == 1, where nothing is drawn. The uniforms are float32 (24 random bits,
-    half the draws and bytes of float64: LoRA dropout on every projection input is a pass per layer).
+    rng is None only for p == 1, where nothing is drawn. The mask is dropout_fused's counter-based one,
+    keyed by one draw from rng (the reference, in NumPy).
     """
     if rng is None:
         return np.zeros(shape, dtype=dtype)
-    keep = rng.random(shape, dtype=np.float32) >= np.float32(p)
+    keep = dropout_fused.keep_reference(dropout_fused.draw_key(rng), math.prod(shape), p).reshape(shape)
     return keep * np.asarray(1.0 / (1.0 - p), dtype=dtype)
 
 
 @defop("dropout")
 def _Dropout(x: np.ndarray, *, p: float, generator: np.random.Generator | None) -> Any:
-    scale = _keep_scale(x.shape, p, generator, x.dtype)
-    return x * scale, scale
+    if generator is None:  # p == 1: everything dropped (x * 0, so NaN stays NaN)
+        return x * np.zeros((), dtype=x.dtype), (None, 1.0)
+    key = dropout_fused.draw_key(generator)
+    if dropout_fused.supports(x):
+        out, keep = dropout_fused.dropout_forward(x, key, p)
+        return out, (keep, p)
+    keep = dropout_fused.keep_reference(key, x.size, p).reshape(x.shape)
+    return x * (keep * np.asarray(1.0 / (1.0 - p), dtype=x.dtype)), (keep, p)
 
 
 @_Dropout.defbackward
-def _dropout_backward(g: np.ndarray, scale: np.ndarray) -> Any:
-    return (g * scale,)
+def _dropout_backward(g: np.ndarray, saved: tuple[np.ndarray | None, float]) -> Any:
+    keep, p = saved
+    if keep is None:  # p == 1
+        return (g * np.zeros((), dtype=g.dtype),)
+    if dropout_fused.supports(g):
+        return (dropout_fused.dropout_backward(g, keep, p),)
+    return (g * (keep * np.asarray(1.0 / (1.0 - p), dtype=g.dtype)),)
 
 
 def _check_p(op: str, name: str, p: float) -> float:
