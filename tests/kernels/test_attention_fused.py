@@ -153,6 +153,27 @@ def test_outputs_are_head_views_of_token_major_buffers(monkeypatch: pytest.Monke
         assert gr.shape == a.shape and gr.base is not None and gr.base.shape == (2, 6, 3, 4)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 9), st.integers(1, 9), st.integers(1, 6), st.integers(1, 6), st.booleans(),
+    st.integers(0, 2**32 - 1),
+)  # fmt: skip
+def test_gradients_equal_reference_for_all_small_shapes(
+    L: int, S: int, E: int, Ev: int, causal: bool, seed: int
+) -> None:
+    """Every remainder of the loops' four-at-a-time blocks (rows, keys) against the reference, float64."""
+    rng = np.random.default_rng(seed)
+    q, k = _heads(rng, np.float64, 1, L, 2, E), _heads(rng, np.float64, 1, S, 2, E)
+    v = _heads(rng, np.float64, 1, S, 2, Ev)
+    g = rng.standard_normal((1, 2, L, Ev))
+    with pytest.MonkeyPatch.context() as mp:
+        out, grads = _run([q, k, v], g, 0, mp, is_causal=causal)
+        ref, rgrads = _run([q, k, v], g, 1 << 62, mp, is_causal=causal)
+    _assert_close(out, ref, "out")
+    for name, a, r in zip(("dq", "dk", "dv"), grads, rgrads, strict=True):
+        _assert_close(a, r, name)
+
+
 @settings(max_examples=12, deadline=None)
 @given(
     st.integers(1, 2), st.integers(1, 3), st.integers(1, 12), st.integers(1, 12), st.integers(1, 9),

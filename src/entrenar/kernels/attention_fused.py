@@ -1,4 +1,4 @@
-"""Fused scaled-dot-product attention, forward and backward, one (batch, head) pair per task.
+"""Fused scaled-dot-product attention, forward and backward, one (batch, head) pair at a time.
 
 A fast path for `entrenar.ops.nn.scaled_dot_product_attention`, whose plain-NumPy code stays the
 reference. It takes 4-D query, key and value of the same (B, H) batch, float32 or float64, with no
@@ -18,14 +18,16 @@ and, for the upstream gradient g (L, Ev)::
 
 Why it is faster than the reference (two batched BLAS products, a mask add, four softmax passes
 over (B, H, L, S) arrays, and four more products in the backward): the causal mask halves the work
-(keys past the query are never touched), the softmax is done on one row while it is in cache, and
-there is one task per (batch, head) pair spread over numba's threads, where NumPy's stacked matmul
-makes one small multi-threaded BLAS call per pair (whose thread hand-offs cost as much as the
-product at these sizes, and far more when other processes share the cores). Measured on the GPT
-benchmark's attention (B 8, H 4, T 128, D 64, causal, float32, two shared cores under load): one
-thread, forward 16 ms against the reference's 19 ms and backward 29 ms against 39 ms; two threads,
-26 ms against 2.3 s and 35 ms against 1.3 s (the reference's per-pair BLAS calls stall when the
-cores are contended).
+(keys past the query are never touched), and the softmax is done on one row while it is in cache.
+The products run four rows (or four keys) a pass, so each value loaded feeds four multiply-adds;
+one row at a time they were load/store-bound. Measured on one layer of the GPT benchmark's attention
+(B 8, H 4, T 128, D 64, causal, float32, one thread, best of 30): forward 4.9 -> 3.4 ms and backward
+7.0 -> 4.8 ms from that change.
+
+One thread, one (batch, head) pair after another. The loops were once compiled with prange (one
+task per pair over numba's threads); in a training step they sit between GEMMs, and numba's threads
+then wait on OpenBLAS's spinning ones (see optim_fused): bench_gpt.py's step took 196-235 ms with
+them and 159-171 ms on one thread (4 interleaved rounds, same run), as with the reference (159-193).
 
 Layout. The inputs may be any strided views (the heads split out of a (B, T, C) projection are
 (B, H, T, D) views of a (B, T, H, D) buffer): each task copies its pair's rows into contiguous
@@ -48,7 +50,6 @@ dtype and layout, cached on disk.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -71,7 +72,6 @@ MIN_WORK = 1 << 15
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
-prange: Callable[..., Any] = range  # rebound to numba.prange by _compile_all
 
 
 def _compile_all() -> str | None:
@@ -82,15 +82,15 @@ def _compile_all() -> str | None:
     if reason is not None:
         return reason
     g = globals()
-    g["prange"] = numba.prange
     g["_exp64"] = nn_fused._exp64
     fast = {"contract", "reassoc"}
     for name in ("_scores", "_axpy_rows", "_axpy_cols"):
         g[name] = jit(numba, g[name], fastmath=fast)
-    for name in ("_softmax_row", "_copy_head", "_limits"):
+    g["_prefix_sum64"] = jit(numba, _prefix_sum64, fastmath={"reassoc"})
+    for name in ("_prefix_max", "_softmax_row", "_copy_head", "_limits"):
         g[name] = jit(numba, g[name])
     for name in ("_attn_fwd_loop", "_attn_bwd_loop"):
-        g[name] = jit(numba, g[name], parallel=True)
+        g[name] = jit(numba, g[name])  # one thread: see the module docstring
     return None
 
 
@@ -136,54 +136,111 @@ def _exp64(a: float) -> float:  # pragma: no cover - replaced by nn_fused's comp
 
 
 def _scores(a: Any, b: Any, n_of: Any, out: Any) -> None:
-    """out[i, j] = sum_e a[i, e] b[j, e] for j < n_of[i]: rows of a against rows of b (dot products)."""
+    """out[i, j] = sum_e a[i, e] b[j, e] for j < n_of[i]: rows of a against rows of b (dot products),
+    four j at a time (each a[i, e] loaded once for four products)."""
+    zero = a[0, 0] - a[0, 0]
     for i in range(a.shape[0]):
-        for j in range(n_of[i]):
-            out[i, j] = 0.0
-            acc = out[i, j]  # 0 in out's dtype
+        n = n_of[i]
+        n4 = n - n % 4
+        for j in range(0, n4, 4):
+            s0 = s1 = s2 = s3 = zero
+            for e in range(a.shape[1]):
+                c = a[i, e]
+                s0 += c * b[j, e]
+                s1 += c * b[j + 1, e]
+                s2 += c * b[j + 2, e]
+                s3 += c * b[j + 3, e]
+            out[i, j], out[i, j + 1], out[i, j + 2], out[i, j + 3] = s0, s1, s2, s3
+        for j in range(n4, n):
+            acc = zero
             for e in range(a.shape[1]):
                 acc += a[i, e] * b[j, e]
             out[i, j] = acc
 
 
 def _axpy_rows(w: Any, x: Any, n_of: Any, out: Any) -> None:
-    """out[i] = sum_j w[i, j] x[j] for j < n_of[i]: each output row a sum of rows of x."""
+    """out[i] = sum_j w[i, j] x[j] for j < n_of[i]: each output row a sum of rows of x, four rows of x a
+    pass (one load and store of out[i] for four multiply-adds)."""
     for i in range(w.shape[0]):
+        n = n_of[i]
+        n4 = n - n % 4
         for e in range(out.shape[1]):
             out[i, e] = 0.0
-        for j in range(n_of[i]):
+        for j in range(0, n4, 4):
+            c0, c1, c2, c3 = w[i, j], w[i, j + 1], w[i, j + 2], w[i, j + 3]
+            for e in range(out.shape[1]):
+                out[i, e] += c0 * x[j, e] + c1 * x[j + 1, e] + c2 * x[j + 2, e] + c3 * x[j + 3, e]
+        for j in range(n4, n):
             c = w[i, j]
             for e in range(out.shape[1]):
                 out[i, e] += c * x[j, e]
 
 
 def _axpy_cols(w: Any, x: Any, n_of: Any, out: Any) -> None:
-    """out[j] = sum_i w[i, j] x[i] over the i with j < n_of[i]: w transposed, by rows of w."""
+    """out[j] = sum_i w[i, j] x[i] over the i with j < n_of[i]: w transposed, by rows of w, four rows a
+    pass. n_of never decreases (the causal limits and the full one both grow with i), so the keys all
+    four rows see are those of the first, and each of the other three adds its own few after."""
     for j in range(out.shape[0]):
         for e in range(out.shape[1]):
             out[j, e] = 0.0
-    for i in range(w.shape[0]):
+    rows = w.shape[0]
+    r4 = rows - rows % 4
+    for i in range(0, r4, 4):
+        n = n_of[i]
+        for j in range(n):
+            c0, c1, c2, c3 = w[i, j], w[i + 1, j], w[i + 2, j], w[i + 3, j]
+            for e in range(out.shape[1]):
+                out[j, e] += c0 * x[i, e] + c1 * x[i + 1, e] + c2 * x[i + 2, e] + c3 * x[i + 3, e]
+        for r in range(1, 4):
+            for j in range(n, n_of[i + r]):
+                c = w[i + r, j]
+                for e in range(out.shape[1]):
+                    out[j, e] += c * x[i + r, e]
+    for i in range(r4, rows):
         for j in range(n_of[i]):
             c = w[i, j]
             for e in range(out.shape[1]):
                 out[j, e] += c * x[i, e]
 
 
+def _prefix_max(s: Any, n: int) -> Any:
+    """max(s[:n]), n >= 1, in four independent chains (a NaN gives NaN or a number: the row is NaN either
+    way, through exp(NaN - m) and its sum)."""
+    m0 = m1 = m2 = m3 = s[0]
+    n4 = n - n % 4
+    for j in range(0, n4, 4):
+        m0 = max(m0, s[j])
+        m1 = max(m1, s[j + 1])
+        m2 = max(m2, s[j + 2])
+        m3 = max(m3, s[j + 3])
+    for j in range(n4, n):
+        m0 = max(m0, s[j])
+    return max(max(m0, m1), max(m2, m3))
+
+
+def _prefix_sum64(s: Any, n: int) -> float:
+    """sum(s[:n]) in float64 (compiled with reassoc: summed in vector lanes)."""
+    total = 0.0
+    for j in range(n):
+        total += np.float64(s[j])
+    return total
+
+
 def _softmax_row(s: Any, n: int, scale: Any, single: bool) -> None:
-    """s[:n] = softmax(s[:n] * scale), s[n:] = 0, in place, in the reference's order of operations."""
-    m = s[0] * scale
+    """s[:n] = softmax(s[:n] * scale), s[n:] = 0, in place: the reference's operations, with the sum of the
+    exponentials taken in float64 (in vector lanes; the reference sums pairwise in the dtype) and
+    rounded to the dtype. The maximum and the sum were chains of dependent operations, one element a
+    step: 40% of the forward's time."""
     for j in range(n):
         s[j] *= scale
-        m = max(m, s[j])
+    m = _prefix_max(s, n)
     if single:
         for j in range(n):
             s[j] = np.float32(_exp64(np.float64(s[j] - m)))
     else:
         for j in range(n):
             s[j] = math.exp(s[j] - m)
-    total = s[0]
-    for j in range(1, n):
-        total += s[j]
+    total = s.dtype.type(_prefix_sum64(s, n))
     for j in range(n):
         s[j] /= total
     for j in range(n, s.shape[0]):
@@ -209,7 +266,7 @@ def _attn_fwd_loop(q: Any, k: Any, v: Any, scale: Any, causal: bool, single: boo
     nb, nh, L, E = q.shape
     S, Ev = k.shape[2], v.shape[3]
     n_of = _limits(L, S, causal)
-    for task in prange(nb * nh):
+    for task in range(nb * nh):
         b, h = task // nh, task % nh
         qh = np.empty((L, E), dtype=q.dtype)
         kh = np.empty((S, E), dtype=q.dtype)
@@ -235,7 +292,7 @@ def _attn_bwd_loop(
     nb, nh, L, E = q.shape
     S, Ev = k.shape[2], v.shape[3]
     n_of = _limits(L, S, causal)
-    for task in prange(nb * nh):
+    for task in range(nb * nh):
         b, h = task // nh, task % nh
         qh = np.empty((L, E), dtype=q.dtype)
         kh = np.empty((S, E), dtype=q.dtype)
