@@ -3,7 +3,8 @@ batch 8, vocab 1000, tied embeddings, float32.
 
 entrenar (`entrenar.nn.GPT` + `entrenar.optim.AdamW`) against the same architecture written with
 torch.nn modules + `torch.optim.AdamW`, both from the same initial weights (entrenar's GPT-2 init,
-copied by parameter name); forward + backward + update. Prints ms/step, tokens/s, the ratio, and a
+copied by parameter name); forward + backward + update. Prints ms/step, tokens/s, the ratio, the GEMM
+floor (the step's matrix products alone, timed in NumPy in the same run: what no step can beat) and a
 cProfile top-15 of the entrenar step. Goal: entrenar at most 0.8x PyTorch's time.
 """
 
@@ -119,6 +120,50 @@ class TorchStep:
         return float(loss.item())
 
 
+def step_products() -> list[tuple[str, int, int, int, int]]:
+    """The matrix products of one training step: (what, batch, m, k, n) for (batch of) (m, k) @ (k, n).
+
+    Per linear layer (out, in) on N = B T rows: the forward (N, in) @ (in, out), and in the backward
+    the input gradient (N, out) @ (out, in) and the weight gradient (out, N) @ (N, in). Per attention
+    layer, over B H (batch, head) pairs: q k^T and p v forward; dv = p^T g, dp = g v^T, dq = ds k and
+    dk = ds^T q backward (as full products: BLAS has no causal triangle).
+    """
+    c, n = CONFIG, BATCH * SEQ
+    d, f, t, hd = c.n_embd, c.ff_dim, SEQ, c.n_embd // c.n_head
+    linears = [(d, d)] * 4 + [(f, d), (d, f)]  # q, k, v, o, fc1 (out, in), fc2
+    out = []
+    for layer in range(c.n_layer):
+        for o, i in linears:
+            out += [(f"L{layer} fwd", 1, n, i, o), (f"L{layer} dx", 1, n, o, i), (f"L{layer} dw", 1, o, n, i)]
+        bh = BATCH * c.n_head
+        out += [(f"L{layer} attn", bh, t, hd, t), (f"L{layer} attn", bh, t, t, hd)] * 3
+    v = c.vocab_size
+    return [*out, ("lm_head fwd", 1, n, d, v), ("lm_head dx", 1, n, v, d), ("lm_head dw", 1, v, n, d)]
+
+
+def gemm_floor(repeats: int = 9) -> dict[str, float]:
+    """The step's products alone, each timed in NumPy (first decile of `repeats`): their sum (`as_shaped_ms`),
+    their GFLOP, and the time they would take at the best rate any of them (or a 1024^3 product)
+    reached (`at_peak_ms`). No step can take less than its GEMMs; 0.8x torch must fit above them."""
+    rng = np.random.default_rng(0)
+    total_s, flops, best_rate = 0.0, 0.0, 0.0
+    shapes = [(b, m, k, n) for _, b, m, k, n in step_products()] + [(1, 1024, 1024, 1024)]
+    for idx, (b, m, k, n) in enumerate(shapes):
+        lead = (b,) if b > 1 else ()
+        a = rng.standard_normal((*lead, m, k), dtype=np.float32)
+        w = rng.standard_normal((*lead, k, n), dtype=np.float32)
+        out = np.empty((*lead, m, n), dtype=np.float32)
+        t = measure(lambda a=a, w=w, out=out: np.matmul(a, w, out=out), repeats=repeats, warmup=2)
+        seconds = t.p10_s
+        f = 2.0 * b * m * k * n
+        best_rate = max(best_rate, f / seconds)
+        if idx < len(shapes) - 1:
+            total_s += seconds
+            flops += f
+    return {"as_shaped_ms": total_s * 1e3, "gflop": flops / 1e9, "peak_gflops": best_rate / 1e9,
+            "at_peak_ms": flops / best_rate * 1e3}  # fmt: skip
+
+
 def profile_top(fn: Any, steps: int, top: int = 15) -> str:
     """cProfile of `steps` calls of fn: the `top` functions by own time (tottime)."""
     prof = cProfile.Profile()
@@ -171,6 +216,14 @@ def main() -> None:
         print(f"   {k:<9} {ms[k]:8.2f} ms/step  {tok[k]:9.0f} tokens/s  ({ms[k] / ms['torch']:.2f}x torch)")
     verdict = "meets" if ratio <= GOAL else "misses"
     print(f"   ratio entrenar/torch {ratio:.2f}x ({verdict} the goal <= {GOAL}x)")
+    floor = gemm_floor()
+    shaped, peak = floor["as_shaped_ms"], floor["at_peak_ms"]
+    print(
+        f"   GEMM floor: the step's {floor['gflop']:.2f} GFLOP of products alone take {shaped:.1f} ms as "
+        f"shaped ({shaped / ms['torch']:.2f}x torch's step), {peak:.1f} ms at the best rate measured "
+        f"({floor['peak_gflops']:.0f} GFLOP/s; {peak / ms['torch']:.2f}x); "
+        f"the goal is {GOAL * ms['torch']:.1f} ms"
+    )
 
     profile = profile_top(runs["entrenar"].step, args.profile_steps)
     print(f"\n   cProfile of {args.profile_steps} entrenar steps, top 15 by tottime:")
@@ -189,6 +242,7 @@ def main() -> None:
             "torch_tokens_per_s": tok["torch"],
             "ratio": ratio,
             "goal_ratio": GOAL,
+            "gemm_floor": floor,
             "torch_version": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "blas": info,
