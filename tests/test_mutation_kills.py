@@ -72,8 +72,9 @@ def test_modules_to_save_wraps_the_outer_match_only() -> None:
 
 
 # ------------------------------------------------------------------------------ second round of survivors
-# ops/shape.py split (n // size, n % size), ops/losses.py kl_div (`if needs[1]`) and cross_entropy
-# (`a * wt if eps == 0.0 else a * ((1 - eps) * wt)`), ops/nn.py layer_norm (`if needs[1]`),
+# ops/shape.py split (n // size, n % size), ops/pointwise_losses.py kl_div (`if needs[1]`) and
+# cross_entropy (`a * wt if eps == 0.0 else a * ((1 - eps) * wt)`), ops/normalization.py layer_norm
+# (`if needs[1]`),
 # lora/wrappers.py (the original module frozen at once), lora/model.py active_adapters,
 # lora/tuner.py unload's defaults (merge=False, safe_merge=False), lora/inject.py match_target (a
 # regex exclude_modules reports the module as excluded).

@@ -1,7 +1,7 @@
 """Fused activation and normalization kernels: GELU and layer_norm, forward and backward.
 
-Fast paths for `entrenar.ops` (`gelu` in elementwise.py, `layer_norm` in nn.py), which keep their
-plain-NumPy code as the reference and call these only for arrays that `supports` takes: float32 or
+Fast paths for `entrenar.ops` (`gelu` in elementwise.py, `layer_norm` in normalization.py), which keep
+their plain-NumPy code as the reference and call these only for arrays that `supports` takes: float32 or
 float64, C-contiguous, at least `MIN_SIZE` elements, numba working. Each kernel reads its inputs
 once and writes its outputs once (the reference makes a NumPy temporary per term, and GELU's
 reference spends most of its time in `scipy.special.erf`, a scalar loop).

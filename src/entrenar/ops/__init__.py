@@ -1,5 +1,30 @@
-"""The ops, one file per family. Importing this package registers every op and Tensor method."""
+"""The ops, one file per family (a family past ~500 lines is split in two, the second file named for
+its part: arithmetic.py of elementwise, views.py of shape, normalization.py of nn, pointwise_losses.py of
+losses; each family module re-exports its part). Importing this package registers every op and Tensor
+method."""
 
-from entrenar.ops import elementwise, losses, matmul, nn, reduce, shape
+from entrenar.ops import (
+    arithmetic,
+    elementwise,
+    losses,
+    matmul,
+    nn,
+    normalization,
+    pointwise_losses,
+    reduce,
+    shape,
+    views,
+)
 
-__all__ = ["elementwise", "losses", "matmul", "nn", "reduce", "shape"]
+__all__ = [
+    "arithmetic",
+    "elementwise",
+    "losses",
+    "matmul",
+    "nn",
+    "normalization",
+    "pointwise_losses",
+    "reduce",
+    "shape",
+    "views",
+]

@@ -31,6 +31,8 @@ np.random.Generator the model's modules hold (dropout masks), the counters and t
 the checkpoint's step, so an interrupted and resumed run logs the same losses and ends with the same
 weights, bit for bit, as one that ran straight through. The model, optimizer, scheduler and loaders
 must be built as for the original run (the checkpoint restores their state, not their construction).
+What a checkpoint holds and how a resume restores it is written in `entrenar.train.resume`; this module
+is the loop.
 
 Faults (see `entrenar.train.guards`): a run killed at any moment resumes from its last complete
 checkpoint with the same result; a step with a non-finite loss or gradient stops the run naming the step
@@ -45,7 +47,6 @@ the one-process run's on the same global batches (up to float rounding), on any 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import sys
@@ -63,22 +64,14 @@ from entrenar.nn.module import Module
 from entrenar.optim import Optimizer
 from entrenar.optim.lr_scheduler import LRScheduler
 from entrenar.tensor import Tensor
-from entrenar.train.checkpoint import (
-    CHECKPOINTS_DIR,
-    LATEST,
-    Checkpoint,
-    check_names,
-    prune_checkpoints,
-    read_checkpoint,
-    restoring,
-    write_checkpoint,
-)
+from entrenar.train.checkpoint import CHECKPOINTS_DIR, LATEST
 from entrenar.train.config import EarlyStopping, TrainerConfig
-from entrenar.train.guards import Interrupts, checkpoint_write_error, first_nonfinite_grad
+from entrenar.train.guards import Interrupts, first_nonfinite_grad
 from entrenar.train.metrics import add_sums, compute_metrics
 from entrenar.train.report import MetricsLog, plot_metrics
 from entrenar.train.result import TrainResult
-from entrenar.train.state import LogWindow, module_generators, set_generator_states, trainer_state
+from entrenar.train.resume import resume_trainer, save_trainer_checkpoint
+from entrenar.train.state import LogWindow, module_generators
 
 __all__ = ["METRICS_FILE", "PLOT_FILE", "LossFn", "MetricsFn", "TrainLoader", "Trainer"]
 
@@ -185,81 +178,17 @@ class Trainer:
         running = 0.0 if self._session_start is None else time.perf_counter() - self._session_start
         return self._elapsed_before + running
 
-    def _trainable(self) -> dict[str, np.ndarray]:
-        return {n: p.data for n, p in self.model.named_parameters() if p.requires_grad}
-
-    def _state(self) -> dict[str, Any]:
-        return trainer_state(self, dataclasses.asdict(self._window))
-
     # ------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
         """Write output_dir/checkpoints/step-<step>/ atomically, point `latest` at it, keep the newest
-        `keep_last`. Returns the folder."""
-        ck = Checkpoint(
-            step=self.step,
-            model=self._trainable(),
-            optimizer=self.optimizer.state_dict(),
-            param_names=self._param_names,
-            scheduler=None if self.scheduler is None else self.scheduler.state_dict(),
-            trainer_state=self._state(),
-            config=self.config.to_dict(),
-        )
-        root = self.config.path / CHECKPOINTS_DIR
-        if not self.dp.is_writer:  # rank 0 writes; all built ck (a ZeroOptimizer gathers its state)
-            self.last_save_step, self.last_checkpoint = self.step, root / f"step-{self.step}"
-            return root / f"step-{self.step}"
-        try:
-            path = write_checkpoint(root, ck)
-        except OSError as exc:
-            raise checkpoint_write_error(exc, self.step, root, self.last_checkpoint) from exc
-        prune_checkpoints(root, self.config.keep_last, self.step)
-        self.last_save_step, self.last_checkpoint = self.step, path
-        return path
+        `keep_last`. Returns the folder (entrenar.train.resume)."""
+        return save_trainer_checkpoint(self)
 
     def resume(self, path: str | os.PathLike[str]) -> Path:
         """Restore the run from a checkpoint: a step-N folder, or an output or checkpoints folder (its
         `latest`). ValueError naming what does not match this trainer's model, optimizer, scheduler or
-        loader. Returns the checkpoint folder."""
-        ck = read_checkpoint(path)
-        where = f"resume from {ck.path}"
-        if ck.param_names != self._param_names:
-            raise ValueError(
-                f"{where}: the optimizer's parameters differ: saved {ck.param_names}, now {self._param_names}"
-            )
-        check_names("weights", ck.model, list(self._trainable()))
-        if (ck.scheduler is None) != (self.scheduler is None):
-            saved, now = ("no", "a") if ck.scheduler is None else ("a", "no")
-            raise ValueError(
-                f"{where}: the checkpoint has {saved} scheduler state, this trainer has {now} scheduler"
-            )
-        st = ck.trainer_state
-        load_loader = getattr(self.train_loader, "load_state_dict", None)
-        if st.get("loader") is None or not callable(load_loader):
-            raise ValueError(
-                f"{where}: an exact resume needs the train loader's position; the loader must have "
-                "state_dict() and load_state_dict() (as ClassificationLoader and LMLoader) in both runs"
-            )
-        assert ck.path is not None  # read_checkpoint names the folder it read
-        with restoring(ck.path / "trainer_state.json", "loader"):
-            load_loader(st["loader"])
-        with restoring(ck.path / "optimizer.json", "state_dict"):
-            self.optimizer.load_state_dict(ck.optimizer)
-        if self.scheduler is not None and ck.scheduler is not None:
-            with restoring(ck.path / "scheduler.json", "<root>"):
-                self.scheduler.load_state_dict(ck.scheduler)
-        with restoring(ck.path / "trainer_state.json", "module_rngs"):
-            set_generator_states(self._generators, st["module_rngs"])
-        self.rng.bit_generator.state = st["rng"]
-        self.model.load_state_dict(ck.model, strict=False)
-        self.step, self.batches_seen = ck.step, int(st["batches_seen"])
-        self._elapsed_before = float(st["elapsed"])
-        self.best_value, self.best_step = st["best"]["value"], st["best"]["step"]
-        self.bad_evals, self.stopped_early = int(st["bad_evals"]), bool(st["stopped_early"])
-        self.skipped_steps = int(st.get("skipped_steps", 0))
-        self.last_eval_step, self.last_metrics = st["last_eval_step"], st["last_metrics"] or {}
-        self._window = LogWindow(**st["window"])
-        self.last_save_step, self.last_checkpoint, self.resumed_from = ck.step, ck.path, ck.path
-        return ck.path
+        loader. Returns the checkpoint folder (entrenar.train.resume)."""
+        return resume_trainer(self, path)
 
     # ------------------------------------------------------------------------------ steps
     def _call_loss(self, batch: Any) -> tuple[Tensor, Mapping[str, Any]]:
