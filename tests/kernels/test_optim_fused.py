@@ -2,8 +2,8 @@
 
 The kernels are compiled without fastmath and do every operation in the reference's order and dtype,
 so the comparisons below are exact (`assert_array_equal`, NaN in the same places), not tolerances.
-Each case runs on both loops of a kernel: the one-thread loop for small arrays and the prange loop
-(forced on small arrays by lowering `PARALLEL_MIN_SIZE`).
+Each case runs on both paths of a kernel: one thread for small updates, and the split over threads
+(each array cut into one part per thread; forced on small arrays by lowering `PARALLEL_MIN_SIZE`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ PATHS = ["serial", "parallel"]
 
 @pytest.fixture(params=PATHS)
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test on the one-thread loop, then on the prange loop (whatever the array size)."""
+    """Run the test on one thread, then split over threads (whatever the array size)."""
     monkeypatch.setattr(optim_fused, "PARALLEL_MIN_SIZE", 1 << 62 if request.param == "serial" else 0)
     return str(request.param)
 
@@ -106,7 +106,7 @@ def test_adam_equals_reference(dtype: type, decoupled: bool, weight_decay: float
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_default_threshold_large_array(dtype: type) -> None:
-    """Without the fixture: an odd size above PARALLEL_MIN_SIZE takes the prange loop as shipped."""
+    """Without the fixture: an odd size above PARALLEL_MIN_SIZE takes the split over threads as shipped."""
     p0, grads = _data(dtype, (optim_fused.PARALLEL_MIN_SIZE + 13,), seed=1)
     opts = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 1e-2,
             "decoupled": True, "amsgrad": True, "maximize": False}
@@ -120,24 +120,85 @@ def test_default_threshold_large_array(dtype: type) -> None:
                                   _sgd_run(optim_reference.sgd_step, p0, grads[:3], **sgd)[0])
 
 
-def test_array_size_picks_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Below PARALLEL_MIN_SIZE elements the one-thread loop runs, from it on the prange loop."""
-    calls: list[str] = []
-    for name in ("_sgd_serial", "_sgd_parallel", "_adam_serial", "_adam_parallel"):
-        kernel = getattr(optim_fused, name)
+def test_update_size_picks_the_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below PARALLEL_MIN_SIZE elements in all, one loop call per array on this thread; from it on, each
+    array in one contiguous part per numba thread, on as many threads (a group counts as a whole)."""
+    import threading
 
-        def record(*args: Any, _name: str = name, _kernel: Any = kernel) -> None:
-            calls.append(_name)
-            _kernel(*args)
+    import numba
+
+    calls: list[tuple[str, int, int]] = []
+    for name in ("_sgd_loop", "_adam_loop"):
+        loop = getattr(optim_fused, name)
+
+        def record(*args: Any, _name: str = name, _loop: Any = loop) -> None:
+            calls.append((_name, args[0].size, threading.get_ident()))
+            _loop(*args)
 
         monkeypatch.setattr(optim_fused, name, record)
     monkeypatch.setattr(optim_fused, "PARALLEL_MIN_SIZE", 10)
+    me = threading.get_ident()
     for n in (9, 10):
         p, g, m, v = (np.ones(n, np.float32) for _ in range(4))
         optim_fused.sgd_step(p, g, m, lr=0.1, momentum=0.9, dampening=0.0, nesterov=False,
                              weight_decay=0.0, maximize=False, first_step=True)
         optim_fused.adam_step(**_adam_args(p, g, m, v))
-    assert calls == ["_sgd_serial", "_adam_serial", "_sgd_parallel", "_adam_parallel"]
+    t = numba.get_num_threads()
+    assert calls[:2] == [("_sgd_loop", 9, me), ("_adam_loop", 9, me)]
+    split = calls[2:]
+    assert sorted(c[1] for c in split if c[0] == "_sgd_loop") == sorted(10 * (i + 1) // t - 10 * i // t
+                                                                       for i in range(t))
+    assert len({c[2] for c in split}) == t  # every part on its own thread
+    # a group of arrays each below the threshold, above it together: split as one update
+    calls.clear()
+    arrays = [[np.ones(n, np.float32) for _ in range(4)] for n in (4, 7)]
+    optim_fused.adam_steps([(p, g, m, v, None, 1) for p, g, m, v in arrays], **_hyper())
+    assert len(calls) == 2 * t and len({c[2] for c in calls}) == t
+
+
+def _hyper() -> dict[str, Any]:
+    return {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 1e-2, "decoupled": True,
+            "amsgrad": False, "maximize": False}  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_group_steps_equal_one_by_one_reference(dtype: type, path: str) -> None:
+    """adam_steps / sgd_steps over a group of odd sizes (an empty one too) equal the reference applied
+    to each array, bit for bit, on one thread and split over threads."""
+    shapes = [(0,), (1,), (7, 3), (1023,), (5, 5, 5)]
+    data = [_data(dtype, s, seed=i) for i, s in enumerate(shapes)]
+    hyper = _hyper() | {"amsgrad": True}
+    ours = [[p0.copy(), np.zeros_like(p0), np.zeros_like(p0), np.zeros_like(p0)] for p0, _ in data]
+    ref = [[a.copy() for a in st] for st in ours]
+    for step in range(1, 4):
+        optim_fused.adam_steps([(p, grads[step], m, v, vm, step) for (p, m, v, vm), (_, grads) in
+                                zip(ours, data, strict=True)], **hyper)  # fmt: skip
+        for (p, m, v, vm), (_, grads) in zip(ref, data, strict=True):
+            optim_reference.adam_step(p, grads[step], m, v, vm, step=step, **hyper)
+    for got, want in zip(ours, ref, strict=True):
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+    sgd = {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "nesterov": False, "weight_decay": 0.01,
+           "maximize": True}  # fmt: skip
+    ours_s = [[p0.copy(), np.zeros_like(p0)] for p0, _ in data]
+    ref_s = [[a.copy() for a in st] for st in ours_s]
+    for step in range(3):
+        optim_fused.sgd_steps([(p, grads[step], b, step == 0) for (p, b), (_, grads) in
+                               zip(ours_s, data, strict=True)], **sgd)  # fmt: skip
+        for (p, b), (_, grads) in zip(ref_s, data, strict=True):
+            optim_reference.sgd_step(p, grads[step], b, first_step=step == 0, **sgd)
+    for got, want in zip(ours_s, ref_s, strict=True):
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_group_steps_check_every_array_before_writing() -> None:
+    good = [np.ones(5, np.float32) for _ in range(4)]
+    bad = [np.ones(5, np.float32), np.ones(4, np.float32), np.ones(5, np.float32), np.ones(5, np.float32)]
+    before = good[0].copy()
+    with pytest.raises(ValueError, match="grad has shape"):
+        optim_fused.adam_steps([(*good, None, 1), (*bad, None, 1)], **_hyper())
+    np.testing.assert_array_equal(good[0], before)  # the first array was not updated
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

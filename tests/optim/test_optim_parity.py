@@ -253,21 +253,25 @@ def test_reference_kernels_match_torch_functional() -> None:
 
 
 def test_optimizers_call_the_update_through_entrenar_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`entrenar.kernels.sgd_step` / `adam_step` are the single place a fused kernel replaces."""
-    calls: list[str] = []
+    """`entrenar.kernels.sgd_steps` / `adam_steps` (a parameter group at a time) are the single place a
+    fused kernel replaces."""
+    calls: list[tuple[str, int]] = []
 
-    def spy(name: str, fn: Any) -> Any:
-        def wrapped(*args: Any, **kwargs: Any) -> None:
-            calls.append(name)
-            fn(*args, **kwargs)
+    def sgd_steps(updates: Any, **hyper: Any) -> None:
+        calls.append(("sgd", len(updates)))
+        for p, g, b, first in updates:
+            optim_reference.sgd_step(p, g, b, first_step=first, **hyper)
 
-        return wrapped
+    def adam_steps(updates: Any, **hyper: Any) -> None:
+        calls.append(("adam", len(updates)))
+        for p, g, m, v, vmax, step in updates:
+            optim_reference.adam_step(p, g, m, v, vmax, step=step, **hyper)
 
-    monkeypatch.setattr(entrenar.kernels, "sgd_step", spy("sgd", optim_reference.sgd_step))
-    monkeypatch.setattr(entrenar.kernels, "adam_step", spy("adam", optim_reference.adam_step))
+    monkeypatch.setattr(entrenar.kernels, "sgd_steps", sgd_steps)
+    monkeypatch.setattr(entrenar.kernels, "adam_steps", adam_steps)
     ours, _ = make_params(SHAPES, seed=9)
     for p in ours:
         p.grad = np.ones_like(p.data)
     SGD(ours, lr=0.1, momentum=0.9).step()
     AdamW(ours).step()
-    assert calls == ["sgd"] * len(ours) + ["adam"] * len(ours)
+    assert calls == [("sgd", len(ours)), ("adam", len(ours))]

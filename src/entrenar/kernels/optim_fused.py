@@ -28,18 +28,25 @@ nothing here: the update is memory-bound (Adam moves 28 bytes per float32 elemen
 vectorizes without it; measured with it, AdamW over 10M float32 parameters took the same time and,
 after 20 steps, 1.6% of the parameters differed from the reference, by up to 9e-5 relative.
 
-Threads: arrays of at least `PARALLEL_MIN_SIZE` elements are split over numba's threads (its
-default is the CPUs this process may run on; `NUMBA_NUM_THREADS` or `numba.set_num_threads` change
-it); smaller ones run on the calling thread. The threshold is high (4M elements) for a reason found
-in training: the update follows the backward pass's GEMMs, and OpenBLAS's threads keep spinning on
-the cores for a while after each, so a parallel region then waits for a numba thread that shares its
-core with one of them. GPT-style LM of bench_gpt.py (14 tensors of up to 256k elements): AdamW took
-33 ms a step on numba's threads and 2.7 ms on one. Alone (bench_optim.py, "threads" row), the
-threaded update of 10M parameters is about 1.7x faster than one thread; above 4M elements in one
-tensor the saving outweighs a wait of a few milliseconds.
+Threads: an update of at least `PARALLEL_MIN_SIZE` elements in all (one array, or every array of an
+optimizer's parameter group: `adam_steps` / `sgd_steps` take a group at once) is split over threads:
+each array is cut into as many contiguous parts as numba has threads (its default is the CPUs this
+process may run on; `NUMBA_NUM_THREADS` or `numba.set_num_threads` change it), and thread t updates
+part t of every array, in one hand-off for the whole group. The loops are compiled with nogil=True
+and the threads are a small pool of Python threads, so a step makes one parallel region, not one per
+tensor. Smaller updates run on the calling thread. Why:
 
-Compilation is lazy: numba is imported on the first call (not with entrenar), and each of the four
-loops (SGD and Adam; one thread and prange) is compiled once per dtype it meets, float32 or float64,
+* The update follows the backward pass's GEMMs, and OpenBLAS's threads keep spinning on the cores for
+  a while after each. A parallel region then waits for a thread that shares its core with one of
+  them. With numba's prange, one region per tensor, the GPT-style LM of bench_gpt.py (14 tensors of
+  up to 256k elements) took 33 ms a step for AdamW, against 2.7 ms on one thread. Below 4M elements
+  a step stays on one thread.
+* Above it, one region for all tensors pays that wait once. AdamW over 20 tensors of 500k float32
+  elements (bench_optim.py), one thread / per-tensor prange / one split over two Python threads:
+  12.9 / 10.9 / 10.2 ms idle, and 15.1 / 22.7 / 15.9 ms right after a 1024^3 GEMM.
+
+Compilation is lazy: numba is imported on the first call (not with entrenar), and each of the two
+loops (SGD and Adam) is compiled once per dtype it meets, float32 or float64,
 and cached on disk next to this file (numba's `cache=True`, in __pycache__), so only the first run
 after an install or an edit pays for it (a few seconds per loop and dtype).
 
@@ -51,24 +58,32 @@ rejected with a TypeError or ValueError naming the argument; `supports()` asks f
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from entrenar.kernels._lazy import import_numba, jit, once
 
-__all__ = ["PARALLEL_MIN_SIZE", "adam_step", "available", "sgd_step", "supports", "unavailable_reason"]
+__all__ = [
+    "PARALLEL_MIN_SIZE",
+    "adam_step",
+    "adam_steps",
+    "available",
+    "sgd_step",
+    "sgd_steps",
+    "supports",
+    "unavailable_reason",
+]
 
-# Below this many elements one thread: see the module docstring (threads after GEMMs wait on OpenBLAS's).
+# Below this many elements in one call, one thread: see the module docstring (threads after GEMMs wait on
+# OpenBLAS's).
 PARALLEL_MIN_SIZE = 1 << 22
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-# The loops below call these names; `_load` rebinds each to its compiled version (numba resolves a
-# function's globals when it compiles it), so the plain-Python definitions are only numba's input.
-prange: Callable[..., Any] = range
 
 
 def _compile_all() -> str | None:
@@ -76,12 +91,10 @@ def _compile_all() -> str | None:
     if reason is not None:
         return reason
     g = globals()
-    g["prange"] = numba.prange
-    for name, parallel in (
-        ("_sgd_element", False), ("_adam_element", False),
-        ("_sgd_serial", False), ("_sgd_parallel", True), ("_adam_serial", False), ("_adam_parallel", True),
-    ):  # fmt: skip
-        g[name] = jit(numba, g[name], parallel=parallel)
+    g["_sgd_element"] = jit(numba, _sgd_element)
+    g["_adam_element"] = jit(numba, _adam_element)
+    for name in ("_sgd_loop", "_adam_loop"):  # nogil: the pool's threads run them side by side
+        g[name] = jit(numba, g[name], nogil=True)
     return None
 
 
@@ -141,11 +154,11 @@ def _adam_element(
     return p + c[6] * m / (np.sqrt(d) / c[7] + c[8]), m, v, vmax  # -step_size, sqrt(bc2), eps
 
 
-# ---- loops: one pass per array; prange only for arrays worth waking the thread pool for ------------
+# ---- loops: one pass over (a part of) each array ----------------------------------------------------
 # Without momentum (amsgrad) the buffer argument is a stand-in that is neither read nor written.
 
 
-def _sgd_serial(p: Any, g: Any, b: Any, cs: Any, has_momentum: bool, *flags: bool) -> None:
+def _sgd_loop(p: Any, g: Any, b: Any, cs: Any, has_momentum: bool, *flags: bool) -> None:
     c = (cs[0], cs[1], cs[2], cs[3])
     for i in range(p.size):
         if has_momentum:
@@ -154,16 +167,7 @@ def _sgd_serial(p: Any, g: Any, b: Any, cs: Any, has_momentum: bool, *flags: boo
             p[i] = _sgd_element(p[i], g[i], p[i], c, False, *flags)[0]
 
 
-def _sgd_parallel(p: Any, g: Any, b: Any, cs: Any, has_momentum: bool, *flags: bool) -> None:
-    c = (cs[0], cs[1], cs[2], cs[3])
-    for i in prange(p.size):
-        if has_momentum:
-            p[i], b[i] = _sgd_element(p[i], g[i], b[i], c, True, *flags)
-        else:
-            p[i] = _sgd_element(p[i], g[i], p[i], c, False, *flags)[0]
-
-
-def _adam_serial(p: Any, g: Any, m: Any, v: Any, vmax: Any, cs: Any, amsgrad: bool, *flags: bool) -> None:
+def _adam_loop(p: Any, g: Any, m: Any, v: Any, vmax: Any, cs: Any, amsgrad: bool, *flags: bool) -> None:
     c = (cs[0], cs[1], cs[2], cs[3], cs[4], cs[5], cs[6], cs[7], cs[8])
     for i in range(p.size):
         if amsgrad:
@@ -172,13 +176,51 @@ def _adam_serial(p: Any, g: Any, m: Any, v: Any, vmax: Any, cs: Any, amsgrad: bo
             p[i], m[i], v[i] = _adam_element(p[i], g[i], m[i], v[i], v[i], c, False, *flags)[:3]
 
 
-def _adam_parallel(p: Any, g: Any, m: Any, v: Any, vmax: Any, cs: Any, amsgrad: bool, *flags: bool) -> None:
-    c = (cs[0], cs[1], cs[2], cs[3], cs[4], cs[5], cs[6], cs[7], cs[8])
-    for i in prange(p.size):
-        if amsgrad:
-            p[i], m[i], v[i], vmax[i] = _adam_element(p[i], g[i], m[i], v[i], vmax[i], c, True, *flags)
-        else:
-            p[i], m[i], v[i] = _adam_element(p[i], g[i], m[i], v[i], v[i], c, False, *flags)[:3]
+# ---- threads: one split of a whole update ------------------------------------------------------------
+# A job is one array's update: (its 1-d arrays, the loop's other arguments).
+_Job = tuple[tuple[np.ndarray, ...], tuple[Any, ...]]
+_pool_lock = threading.Lock()
+_pool: dict[str, Any] = {"key": None, "executor": None}
+
+
+def _threads() -> int:
+    numba, _ = import_numba()
+    return max(1, int(numba.get_num_threads())) if numba is not None else 1
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """A pool of `workers` threads, made again after a fork (the child has none of the parent's threads)
+    or when the thread count changes."""
+    key = (os.getpid(), workers)
+    with _pool_lock:
+        if _pool["key"] != key:
+            _pool["executor"] = ThreadPoolExecutor(workers, thread_name_prefix="entrenar-optim")
+            _pool["key"] = key
+        executor: ThreadPoolExecutor = _pool["executor"]
+        return executor
+
+
+def _run(loop: Callable[..., None], jobs: list[_Job]) -> None:
+    """Run `loop` on every job: on this thread below PARALLEL_MIN_SIZE elements in all, else with each
+    array cut into one contiguous part per thread, thread t updating part t of every array."""
+    total = sum(arrays[0].size for arrays, _ in jobs)
+    parts = _threads() if total >= PARALLEL_MIN_SIZE else 1
+    if parts == 1:
+        for arrays, args in jobs:
+            loop(*arrays, *args)
+        return
+
+    def part(t: int) -> None:
+        for arrays, args in jobs:
+            n = arrays[0].size
+            lo, hi = n * t // parts, n * (t + 1) // parts
+            if hi > lo:
+                loop(*(a[lo:hi] for a in arrays), *args)
+
+    futures = [_executor(parts - 1).submit(part, t) for t in range(1, parts)]
+    part(0)
+    for f in futures:
+        f.result()
 
 
 # ---- checks and entry points ----------------------------------------------------------------------
@@ -257,23 +299,52 @@ def sgd_step(
     arrays the kernel does not take (see `supports`) and for what the reference rejects.
     """
     _require_available()
-    _check_param(param)
-    _check("grad", grad, param, written=False)
+    _run(_sgd_loop, _sgd_jobs([(param, grad, momentum_buffer, first_step)], lr=lr, momentum=momentum,
+                              dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
+                              maximize=maximize))  # fmt: skip
+
+
+def sgd_steps(
+    updates: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None, bool]],
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    weight_decay: float,
+    maximize: bool,
+) -> None:
+    """`sgd_step` on each (param, grad, momentum_buffer, first_step) of one parameter group, as one
+    update: every array is checked before any is written, and the threads split the group at once."""
+    _require_available()
+    _run(_sgd_loop, _sgd_jobs(updates, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                              weight_decay=weight_decay, maximize=maximize))  # fmt: skip
+
+
+def _sgd_jobs(
+    updates: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None, bool]], *, lr: float, momentum: float,
+    dampening: float, nesterov: bool, weight_decay: float, maximize: bool,
+) -> list[_Job]:  # fmt: skip
+    jobs: list[_Job] = []
     has_momentum = momentum != 0
-    if has_momentum:
-        if momentum_buffer is None:
-            raise ValueError("sgd_step: momentum != 0 needs a momentum_buffer shaped like the parameter")
-        _check("momentum_buffer", momentum_buffer, param, written=True)
-    if param.size == 0:
-        return
-    # The scalars as the reference forms them in Python floats, rounded to the dtype once (as NumPy
-    # rounds a Python float meeting a float32 array); one small array is cheaper to pass than four.
-    cs = np.array((weight_decay, momentum, 1 - dampening, -lr), dtype=param.dtype)
-    kernel = _sgd_parallel if param.size >= PARALLEL_MIN_SIZE else _sgd_serial
-    b = param if momentum_buffer is None or not has_momentum else momentum_buffer  # param: a stand-in
-    # reshape(-1) of a C-contiguous array (0-d included) is a view: the kernel writes the caller's memory
-    kernel(param.reshape(-1), grad.reshape(-1), b.reshape(-1), cs, has_momentum,
-           bool(first_step), bool(nesterov), bool(maximize), weight_decay != 0)
+    for param, grad, momentum_buffer, first_step in updates:
+        _check_param(param)
+        _check("grad", grad, param, written=False)
+        if has_momentum:
+            if momentum_buffer is None:
+                raise ValueError("sgd_step: momentum != 0 needs a momentum_buffer shaped like the parameter")
+            _check("momentum_buffer", momentum_buffer, param, written=True)
+        if param.size == 0:
+            continue
+        # The scalars as the reference forms them in Python floats, rounded to the dtype once (as NumPy
+        # rounds a Python float meeting a float32 array); one small array is cheaper to pass than four.
+        cs = np.array((weight_decay, momentum, 1 - dampening, -lr), dtype=param.dtype)
+        b = param if momentum_buffer is None or not has_momentum else momentum_buffer  # param: a stand-in
+        # reshape(-1) of a C-contiguous array (0-d included) is a view: the loop writes the caller's memory
+        arrays: tuple[np.ndarray, ...] = (param.reshape(-1), grad.reshape(-1), b.reshape(-1))
+        jobs.append((arrays, (cs, has_momentum, bool(first_step), bool(nesterov), bool(maximize),
+                              weight_decay != 0)))  # fmt: skip
+    return jobs
 
 
 def adam_step(
@@ -310,28 +381,60 @@ def adam_step(
     arrays the kernel does not take (see `supports`) and for what the reference rejects.
     """
     _require_available()
-    _check_param(param)
-    _check("grad", grad, param, written=False)
-    _check("exp_avg", exp_avg, param, written=True)
-    _check("exp_avg_sq", exp_avg_sq, param, written=True)
-    if step < 1:
-        raise ValueError(f"adam_step: step must be the 1-based count of this step, got {step}")
-    if amsgrad:
-        if max_exp_avg_sq is None:
-            raise ValueError("adam_step: amsgrad needs a max_exp_avg_sq array shaped like the parameter")
-        _check("max_exp_avg_sq", max_exp_avg_sq, param, written=True)
-    if param.size == 0:
-        return
-    w = 1 - beta1
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
-    step_size = lr / bias_correction1
-    cs = np.array((1 - lr * weight_decay, weight_decay, w, 1 - w, beta2, 1 - beta2, -step_size,
-                  bias_correction2**0.5, eps), dtype=param.dtype)  # as in sgd_step
-    kernel = _adam_parallel if param.size >= PARALLEL_MIN_SIZE else _adam_serial
-    vmax = exp_avg_sq if max_exp_avg_sq is None or not amsgrad else max_exp_avg_sq  # v: a stand-in
-    use_wd = weight_decay != 0
-    kernel(param.reshape(-1), grad.reshape(-1), exp_avg.reshape(-1), exp_avg_sq.reshape(-1),
-           vmax.reshape(-1), cs, bool(amsgrad), bool(maximize), use_wd and bool(decoupled),
-           use_wd and not decoupled, abs(w) < 0.5)
+    adam_steps([(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step)], lr=lr, beta1=beta1, beta2=beta2,
+               eps=eps, weight_decay=weight_decay, decoupled=decoupled, amsgrad=amsgrad, maximize=maximize)
 
+
+def adam_steps(
+    updates: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, int]],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+    amsgrad: bool,
+    maximize: bool,
+) -> None:
+    """`adam_step` on each (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step) of one parameter
+    group, as one update: every array is checked before any is written, and the threads split the
+    group at once."""
+    _require_available()
+    _run(_adam_loop, _adam_jobs(updates, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                                decoupled=decoupled, amsgrad=amsgrad, maximize=maximize))
+
+
+def _adam_jobs(
+    updates: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, int]], *,
+    lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, decoupled: bool, amsgrad: bool,
+    maximize: bool,
+) -> list[_Job]:  # fmt: skip
+    jobs: list[_Job] = []
+    w = 1 - beta1
+    use_wd = weight_decay != 0
+    flags = (bool(amsgrad), bool(maximize), use_wd and bool(decoupled), use_wd and not decoupled,
+             abs(w) < 0.5)  # fmt: skip
+    for param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step in updates:
+        _check_param(param)
+        _check("grad", grad, param, written=False)
+        _check("exp_avg", exp_avg, param, written=True)
+        _check("exp_avg_sq", exp_avg_sq, param, written=True)
+        if step < 1:
+            raise ValueError(f"adam_step: step must be the 1-based count of this step, got {step}")
+        if amsgrad:
+            if max_exp_avg_sq is None:
+                raise ValueError("adam_step: amsgrad needs a max_exp_avg_sq array shaped like the parameter")
+            _check("max_exp_avg_sq", max_exp_avg_sq, param, written=True)
+        if param.size == 0:
+            continue
+        bias_correction1 = 1 - beta1**step
+        bias_correction2 = 1 - beta2**step
+        step_size = lr / bias_correction1
+        cs = np.array((1 - lr * weight_decay, weight_decay, w, 1 - w, beta2, 1 - beta2, -step_size,
+                      bias_correction2**0.5, eps), dtype=param.dtype)  # as in sgd_step
+        vmax = exp_avg_sq if max_exp_avg_sq is None or not amsgrad else max_exp_avg_sq  # v: a stand-in
+        arrays: tuple[np.ndarray, ...] = (param.reshape(-1), grad.reshape(-1), exp_avg.reshape(-1),
+                                          exp_avg_sq.reshape(-1), vmax.reshape(-1))  # fmt: skip
+        jobs.append((arrays, (cs, *flags)))
+    return jobs

@@ -81,6 +81,7 @@ class Adam(Optimizer):
     def _update_group(self, group: dict[str, Any]) -> None:
         beta1, beta2 = group["betas"]
         amsgrad = group["amsgrad"]
+        updates = []
         for p, grad in self._params_with_grad(group):
             state = self.state.setdefault(p, {})
             if not state:
@@ -90,22 +91,19 @@ class Adam(Optimizer):
             if amsgrad and "max_exp_avg_sq" not in state:
                 state["max_exp_avg_sq"] = np.zeros_like(p.data)
             state["step"] += 1
-            kernels.adam_step(
-                p.data,
-                grad,
-                state["exp_avg"],
-                state["exp_avg_sq"],
-                state["max_exp_avg_sq"] if amsgrad else None,
-                step=int(state["step"]),
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                eps=group["eps"],
-                weight_decay=group["weight_decay"],
-                decoupled=group["decoupled_weight_decay"],
-                amsgrad=amsgrad,
-                maximize=group["maximize"],
-            )
+            vmax = state["max_exp_avg_sq"] if amsgrad else None
+            updates.append((p.data, grad, state["exp_avg"], state["exp_avg_sq"], vmax, int(state["step"])))
+        kernels.adam_steps(  # the whole group at once (one split over threads when it is large)
+            updates,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            decoupled=group["decoupled_weight_decay"],
+            amsgrad=amsgrad,
+            maximize=group["maximize"],
+        )
 
 
 class AdamW(Adam):

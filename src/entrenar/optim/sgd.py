@@ -68,6 +68,7 @@ class SGD(Optimizer):
 
     def _update_group(self, group: dict[str, Any]) -> None:
         momentum = group["momentum"]
+        updates = []
         for p, grad in self._params_with_grad(group):
             buf: np.ndarray | None = None
             first_step = False
@@ -77,15 +78,13 @@ class SGD(Optimizer):
                 if buf is None:
                     buf = state["momentum_buffer"] = np.empty_like(p.data)
                     first_step = True
-            kernels.sgd_step(
-                p.data,
-                grad,
-                buf,
-                lr=group["lr"],
-                momentum=momentum,
-                dampening=group["dampening"],
-                nesterov=group["nesterov"],
-                weight_decay=group["weight_decay"],
-                maximize=group["maximize"],
-                first_step=first_step,
-            )
+            updates.append((p.data, grad, buf, first_step))
+        kernels.sgd_steps(  # the whole group at once (one split over threads when it is large)
+            updates,
+            lr=group["lr"],
+            momentum=momentum,
+            dampening=group["dampening"],
+            nesterov=group["nesterov"],
+            weight_decay=group["weight_decay"],
+            maximize=group["maximize"],
+        )
