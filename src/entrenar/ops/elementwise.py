@@ -18,7 +18,7 @@ import numpy as np
 from scipy import special
 
 from entrenar.autograd.registry import Arg, case, defop, public
-from entrenar.kernels import nn_fused
+from entrenar.kernels import nn_fused, silu_fused
 from entrenar.ops.arithmetic import (
     _pos,
     add,
@@ -239,6 +239,8 @@ def _gelu_backward(g: np.ndarray, saved: Any) -> Any:
 
 @defop("silu")
 def _Silu(x: np.ndarray) -> Any:
+    if silu_fused.supports(x):  # one pass, saving only x (kernels/silu_fused.py); below: the reference
+        return silu_fused.silu_forward(x), (x, None)
     # sigmoid as 1 / (1 + exp(-x)): NumPy's exp is vectorised, scipy's expit is not (2x the time); exp
     # overflows to inf for x < -88 (float32), where 1 / inf gives the limit 0 exactly as expit does
     with np.errstate(over="ignore"):
@@ -251,6 +253,8 @@ def _Silu(x: np.ndarray) -> Any:
 @_Silu.defbackward
 def _silu_backward(g: np.ndarray, saved: Any) -> Any:
     x, s = saved
+    if s is None:  # the fused forward saved only x
+        return (silu_fused.silu_backward(g, x),)
     return (g * (s * (1 + x * (1 - s))),)
 
 
