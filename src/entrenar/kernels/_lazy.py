@@ -11,7 +11,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["import_numba", "jit", "once"]
+__all__ = ["import_numba", "jit", "once", "probes"]
 
 
 def import_numba() -> tuple[Any, str | None]:
@@ -38,6 +38,21 @@ def once(compile_all: Callable[[], str | None]) -> Callable[[], str | None]:
         return state["reason"]
 
     return load
+
+
+def probes(load: Callable[[], str | None]) -> tuple[Callable[[], bool], Callable[[], str | None]]:
+    """A kernel module's `available()` and `unavailable_reason()`, both asking its `load` (an `once`)."""
+
+    def available() -> bool:
+        """True when the kernels can run: numba imports and JIT compilation is on (the first call
+        imports numba and compiles the module's loops, or loads them from numba's cache)."""
+        return load() is None
+
+    def unavailable_reason() -> str | None:
+        """Why `available()` is False, or None when it is True."""
+        return load()
+
+    return available, unavailable_reason
 
 
 def jit(numba: Any, fn: Callable[..., Any], **opts: Any) -> Any:

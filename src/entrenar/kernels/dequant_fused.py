@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from entrenar.kernels._lazy import import_numba, jit, once
+from entrenar.kernels._lazy import import_numba, jit, once, probes
 
 __all__ = ["PARALLEL_MIN_SIZE", "available", "dequantize_rect", "supports", "unavailable_reason"]
 
@@ -77,15 +77,7 @@ def _compile_all() -> str | None:
 _LOOPS: dict[tuple[str, bool], Any] = {}  # (loop, parallel) -> compiled loop, filled on first use
 _load = once(_compile_all)
 
-
-def available() -> bool:
-    """True when the kernel can run: numba imports and JIT compilation is on (imports numba)."""
-    return _load() is None
-
-
-def unavailable_reason() -> str | None:
-    """Why `available()` is False, or None when it is True."""
-    return _load()
+available, unavailable_reason = probes(_load)
 
 
 def supports(out: Any) -> bool:

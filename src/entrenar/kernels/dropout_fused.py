@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from entrenar.kernels._lazy import import_numba, jit, once
+from entrenar.kernels._lazy import import_numba, jit, once, probes
 
 __all__ = [
     "MIN_SIZE",
@@ -135,15 +135,7 @@ def _compile_all() -> str | None:
 
 _load = once(_compile_all)
 
-
-def available() -> bool:
-    """True when the kernels can run: numba imports and JIT compilation is on."""
-    return _load() is None
-
-
-def unavailable_reason() -> str | None:
-    """Why `available()` is False, or None when it is True."""
-    return _load()
+available, unavailable_reason = probes(_load)
 
 
 def supports(x: Any) -> bool:

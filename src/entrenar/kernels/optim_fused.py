@@ -66,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from entrenar.kernels._lazy import import_numba, jit, once
+from entrenar.kernels._lazy import import_numba, jit, once, probes
 
 __all__ = [
     "PARALLEL_MIN_SIZE",
@@ -100,18 +100,7 @@ def _compile_all() -> str | None:
 
 _load = once(_compile_all)  # numba imported and the loops compiled on first use
 
-
-def available() -> bool:
-    """True when the fused kernels can run: numba imports and JIT compilation is on.
-
-    The first call imports numba (about a second); compilation itself happens per dtype on first use.
-    """
-    return _load() is None
-
-
-def unavailable_reason() -> str | None:
-    """Why `available()` is False, or None when it is True."""
-    return _load()
+available, unavailable_reason = probes(_load)
 
 
 # ---- element updates: the reference's arithmetic for one element, shared by the loops ---------------
