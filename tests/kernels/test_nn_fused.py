@@ -31,7 +31,7 @@ import torch
 
 import entrenar.functional as F
 from entrenar import Tensor
-from entrenar.kernels import nn_fused
+from entrenar.kernels import nn_fused, vmath
 
 DTYPES = [np.float32, np.float64]
 APPROX = ["none", "tanh"]
@@ -309,7 +309,7 @@ def test_layer_norm_large_matches_torch(dtype: type, calls: list[str]) -> None:
 
 
 def _scalar_loop(fn: Any) -> Any:
-    """fn (a compiled float32 helper of nn_fused) applied elementwise, compiled for this test."""
+    """fn (a compiled float32 function of vmath) applied elementwise, compiled for this test."""
     import numba
 
     def loop(x: np.ndarray, out: np.ndarray) -> None:
@@ -323,18 +323,18 @@ def test_float32_exp_and_erf_accuracy() -> None:
     """The float32 GELU's own exp and erf on dense grids, against float64 (math.exp, scipy's erf)."""
     from scipy.special import erf
 
-    assert nn_fused.available()
+    assert vmath.load() is None
     a = np.linspace(-87.0, 88.0, 1_000_001).astype(np.float32)
     out = np.empty_like(a)
-    _scalar_loop(nn_fused._exp32)(a, out)
+    _scalar_loop(vmath.exp32)(a, out)
     want = np.exp(a.astype(np.float64))
     assert np.max(np.abs(out - want) / want) <= 1.2e-7  # 2**-23: under one float32 ulp
     z = np.linspace(-6.0, 6.0, 1_000_001).astype(np.float32)
-    _scalar_loop(nn_fused._erf32)(z, out)
+    _scalar_loop(vmath.erf32)(z, out)
     assert np.max(np.abs(out - erf(z.astype(np.float64)))) <= 4.5e-7
     special = np.array([np.nan, np.inf, -np.inf, -88.0, -1e30, 89.0, 1e30, 0.0], dtype=np.float32)
     got = np.empty_like(special)
-    _scalar_loop(nn_fused._exp32)(special, got)
+    _scalar_loop(vmath.exp32)(special, got)
     np.testing.assert_array_equal(got, [np.nan, np.inf, 0.0, 0.0, 0.0, np.inf, np.inf, 1.0])
-    _scalar_loop(nn_fused._erf32)(special, got)
+    _scalar_loop(vmath.erf32)(special, got)
     np.testing.assert_array_equal(got, [np.nan, 1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 0.0])

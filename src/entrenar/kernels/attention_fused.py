@@ -39,7 +39,7 @@ Arithmetic. The products (scores, dp, o, dq, dk, dv) are loops in the dtype comp
 "contract" and "reassoc" only: fused multiply-adds and dot products summed in vector lanes, as BLAS
 computes the reference's products (in its own order); without them the dot products ran scalar,
 several times slower. The softmax is compiled without fastmath, in the reference's order of
-operations, its float32 exponentials from nn_fused's vectorizable float32 exp (within 1.2e-7 relative; the
+operations, its float32 exponentials from vmath's vectorizable float32 exp (within 1.2e-7 relative; the
 reference uses NumPy's float32 exp). Results agree with the reference to a few roundings relative
 to the size of the terms, not bit for bit (tests/kernels/test_attention_fused.py states the bounds).
 
@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from entrenar.kernels import nn_fused
+from entrenar.kernels import vmath
 from entrenar.kernels._lazy import import_numba, jit, once, probes
 
 __all__ = [
@@ -78,12 +78,11 @@ def _compile_all() -> str | None:
     numba, reason = import_numba()
     if reason is not None:
         return reason
-    reason = nn_fused.unavailable_reason()  # compiles nn_fused's exps, which the loops inline
+    reason = vmath.load()  # compiles vmath's exps, which the loops inline
     if reason is not None:
         return reason
     g = globals()
-    g["_exp64"] = nn_fused._exp64
-    g["_exp32"] = nn_fused._exp32
+    g["_exp32"] = vmath.exp32
     fast = {"contract", "reassoc"}
     for name in ("_scores", "_axpy_rows", "_axpy_cols"):
         g[name] = jit(numba, g[name], fastmath=fast)
@@ -124,11 +123,7 @@ def supports(q: Any, k: Any, v: Any, has_bias: bool, is_causal: bool, dropout_p:
 # without fastmath: the float32 exp's rounding trick must not be reassociated away.
 
 
-def _exp64(a: float) -> float:  # pragma: no cover - replaced by nn_fused's compiled version
-    return math.exp(a)
-
-
-def _exp32(a: Any) -> Any:  # pragma: no cover - replaced by nn_fused's compiled version
+def _exp32(a: Any) -> Any:  # pragma: no cover - replaced by vmath's compiled version
     return np.float32(math.exp(a))
 
 

@@ -13,7 +13,7 @@ for the per-row upstream factor a_i (the op's `at`). The forward saves (m_i, se_
 backward recomputes the exponentials instead of reading a saved (M, C) array.
 
 Arithmetic: the differences x - m and the divisions are the reference's dtype operations; exp is
-nn_fused's float32 one for float32 (within 1.2e-7 relative; libm's for float64), and se is summed in
+vmath's float32 one for float32 (within 1.2e-7 relative; libm's for float64), and se is summed in
 float64 and rounded to the dtype (the reference sums pairwise in the dtype): results agree with the
 reference to a few roundings (tests/kernels/test_loss_fused.py states the bounds).
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from entrenar.kernels import nn_fused
+from entrenar.kernels import vmath
 from entrenar.kernels._lazy import import_numba, jit, once, probes
 
 __all__ = [
@@ -50,11 +50,7 @@ MIN_SIZE = 1 << 15
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _exp64(a: float) -> float:  # pragma: no cover - replaced by nn_fused's compiled version
-    return math.exp(a)
-
-
-def _exp32(a: Any) -> Any:  # pragma: no cover - replaced by nn_fused's compiled version
+def _exp32(a: Any) -> Any:  # pragma: no cover - replaced by vmath's compiled version
     return np.float32(math.exp(a))
 
 
@@ -62,12 +58,11 @@ def _compile_all() -> str | None:
     numba, reason = import_numba()
     if reason is not None:
         return reason
-    reason = nn_fused.unavailable_reason()  # compiles nn_fused's exps, which the loops inline
+    reason = vmath.load()  # compiles vmath's exps, which the loops inline
     if reason is not None:
         return reason
     g = globals()
-    g["_exp64"] = nn_fused._exp64
-    g["_exp32"] = nn_fused._exp32
+    g["_exp32"] = vmath.exp32
     g["_exp_minus"] = jit(numba, _exp_minus, inline="always")
     g["_row_max"] = jit(numba, _row_max, inline="always")
     g["_sum64"] = jit(numba, _sum64, fastmath={"reassoc"})

@@ -21,17 +21,13 @@ Arithmetic. Both follow the reference's expressions operation by operation, in t
 
 * float64 GELU calls libm's erf, exp and tanh (as the reference calls SciPy's and NumPy's), so it
   agrees with the reference to an ulp or so per function value.
-* float32 GELU evaluates erf, exp and tanh in float32 with vectorizable formulas, since numba
-  without Intel's SVML compiles `math.erf` and `math.exp` to scalar library calls that cost as much
-  as SciPy's loop: erf(z) = z P(z^2) / Q(z^2), a (11, 12) rational approximation fitted for this
-  module (iteratively reweighted least squares on [0, 3.925], max relative error 2.3e-9 in float64;
-  beyond 3.925, erf = +-1 in float32), within 4e-7 of erf when evaluated in float32; exp by range
-  reduction a = n ln2 + r (ln2 in two parts), a degree-7 Taylor polynomial in r and the exponent bits
-  of 2**n (relative error < 1.2e-7); tanh(u) = 2 / (1 + exp(-2u)) - 1. The float32 formulas replaced
-  float64 ones (eight lanes a vector instead of four): GELU over 1M float32 elements, forward
-  2.35 -> 0.98 ms, backward 4.97 -> 2.37 ms (one thread, best of 30). The values are used in the
-  reference's float32 expression, so the result differs from the reference's by a few float32
-  roundings of erf (or exp, tanh), an absolute error of order |x| ulp(1):
+* float32 GELU evaluates erf, exp and tanh in float32 with vmath's vectorizable formulas (erf within
+  4e-7, exp within 1.2e-7 relative; tanh(u) = 2 / (1 + exp(-2u)) - 1), since numba without Intel's
+  SVML compiles `math.erf` and `math.exp` to scalar library calls that cost as much as SciPy's loop.
+  They replaced float64 formulas (eight lanes a vector instead of four): GELU over 1M float32
+  elements, forward 2.35 -> 0.98 ms, backward 4.97 -> 2.37 ms (one thread, best of 30). The values
+  are used in the reference's float32 expression, so the result differs from the reference's by a
+  few float32 roundings of erf (or exp, tanh), an absolute error of order |x| ulp(1):
   tests/kernels/test_nn_fused.py states the bounds.
 * layer_norm sums each row's mean, variance and the backward's two row sums in float64 (the
   reference sums in the dtype, pairwise), and sums the weight and bias gradients over rows in
@@ -53,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from entrenar.kernels import vmath
 from entrenar.kernels._lazy import import_numba, jit, once, probes
 
 __all__ = [
@@ -78,57 +75,17 @@ _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 
-def _pow2_of_shifted(k: float) -> float:
-    """2**n for k = n + _SHIFTER (n an integer in the double exponent range); an intrinsic in numba."""
-    return math.ldexp(1.0, int(k - _SHIFTER))
-
-
-def _pow2f_of_shifted(k: Any) -> Any:
-    """2**n as float32 for k = n + _SHIFTER32 (n an integer in [-126, 127]); an intrinsic in numba."""
-    return np.float32(math.ldexp(1.0, int(k - _SHIFTER32)))
-
-
 def _compile_all() -> str | None:
     numba, reason = import_numba()
     if reason is not None:
         return reason
-    from numba.core import types
-    from numba.extending import intrinsic
-
-    @intrinsic
-    def pow2_of_shifted(typingctx: Any, k: Any) -> Any:
-        # k = n + 1.5 * 2**52 holds n in its low mantissa bits: (bits + 1023) << 52 is 2**n's bits.
-        # Integer and bit operations that LLVM vectorizes, where math.ldexp is a library call.
-        if not isinstance(k, types.Float) or k.bitwidth != 64:
-            return None
-
-        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            bits = builder.bitcast(args[0], context.get_value_type(types.int64))
-            bits = builder.add(bits, context.get_constant(types.int64, 1023))
-            bits = builder.shl(bits, context.get_constant(types.int64, 52))
-            return builder.bitcast(bits, context.get_value_type(types.float64))
-
-        return types.float64(types.float64), codegen
-
-    @intrinsic
-    def pow2f_of_shifted(typingctx: Any, k: Any) -> Any:
-        # The float32 version: k = n + 1.5 * 2**23 holds n in its low mantissa bits; (bits + 127) << 23.
-        if not isinstance(k, types.Float) or k.bitwidth != 32:
-            return None
-
-        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            bits = builder.bitcast(args[0], context.get_value_type(types.int32))
-            bits = builder.add(bits, context.get_constant(types.int32, 127))
-            bits = builder.shl(bits, context.get_constant(types.int32, 23))
-            return builder.bitcast(bits, context.get_value_type(types.float32))
-
-        return types.float32(types.float32), codegen
-
+    reason = vmath.load()
+    if reason is not None:
+        return reason
     g = globals()
-    g["_pow2_of_shifted"] = pow2_of_shifted
-    g["_pow2f_of_shifted"] = pow2f_of_shifted
+    g["_exp32"], g["_erf32"] = vmath.exp32, vmath.erf32
     helpers = (
-        "_erf64", "_exp64", "_erf32", "_exp32", "_tanh32", "_gelu_erf32", "_gelu_tanh32", "_gelu_erf_grad32",
+        "_tanh32", "_gelu_erf32", "_gelu_tanh32", "_gelu_erf_grad32",
         "_gelu_tanh_grad32", "_gelu_erf64", "_gelu_tanh64", "_gelu_erf_grad64", "_gelu_tanh_grad64",
     )  # fmt: skip
     loops = ("_gelu_fwd_loop", "_gelu_bwd_loop", "_ln_fwd_loop", "_ln_bwd_loop", "_scatter_rows_loop")
@@ -162,102 +119,19 @@ def supports_layer_norm(x: Any, w: Any, b: Any) -> bool:
     return same and supports(x)
 
 
-# ---- float64 arithmetic for the float32 GELU -------------------------------------------------------
-_SHIFTER = 6755399441055744.0  # 1.5 * 2**52: adding it rounds a double (|v| < 2**51) to an integer
-_LOG2E = 1.4426950408889634
-_LN2 = 0.6931471805599453
-_EXP_LO, _EXP_HI = -708.0, 709.0  # 2**n stays a normal double; beyond, float32 results are 0 / inf
-# erf(z) ~ z P(z^2) / Q(z^2) on [0, _ERF_ONE]; coefficients in increasing powers of z^2.
-_ERF_ONE = 3.925  # erf(z) rounds to 1.0 in float32 from here on
-_ERF_P = (
-    1.1283791695876504, 0.19245735168084363, 0.05558103518354422, 0.004194316898421065,
-    0.0004056861576957902, 6.586542491804348e-06,
-)  # fmt: skip
-_ERF_Q = (
-    1.0, 0.5038943083344304, 0.11722160591826448, 0.016212548219905327, 0.0014074182665363847,
-    7.109627539197624e-05, 2.4888270139244995e-07,
-)  # fmt: skip
+# ---- vmath's functions (compiled versions bound by _compile_all) --------------------------------------
+def _exp32(a: Any) -> Any:  # pragma: no cover - replaced by vmath's compiled version
+    return np.float32(math.exp(a))
+
+
+def _erf32(z: Any) -> Any:  # pragma: no cover - replaced by vmath's compiled version
+    return np.float32(math.erf(z))
+
+
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _TANH_C = 0.044715
-
-
-def _exp64(a: float) -> float:
-    """exp(a) in float64 to about 3e-10 relative (enough for a float32 result); branch-free."""
-    ac = a if a > _EXP_LO else _EXP_LO  # NaN takes _EXP_LO here and is put back below
-    ac = ac if ac < _EXP_HI else _EXP_HI
-    k = ac * _LOG2E + _SHIFTER
-    n = k - _SHIFTER
-    r = ac - n * _LN2  # |r| <= ln2 / 2
-    p = 1.0 + r * (1.0 + r * (0.5 + r * (1 / 6 + r * (1 / 24 + r * (1 / 120 + r * (1 / 720 + r * (
-        1 / 5040 + r * (1 / 40320))))))))  # fmt: skip
-    e = p * _pow2_of_shifted(k)
-    e = 0.0 if a < _EXP_LO else e
-    e = math.inf if a > _EXP_HI else e
-    return a if a != a else e
-
-
-def _erf64(z: float) -> float:
-    """erf(z) in float64 to about 2.3e-9 relative (enough for a float32 result); branch-free."""
-    az = abs(z)
-    v = az if az < _ERF_ONE else _ERF_ONE  # NaN takes _ERF_ONE and is put back below
-    t = v * v
-    p = _ERF_P[0] + t * (_ERF_P[1] + t * (_ERF_P[2] + t * (_ERF_P[3] + t * (_ERF_P[4] + t * _ERF_P[5]))))
-    q = _ERF_Q[0] + t * (_ERF_Q[1] + t * (_ERF_Q[2] + t * (_ERF_Q[3] + t * (_ERF_Q[4] + t * (
-        _ERF_Q[5] + t * _ERF_Q[6])))))  # fmt: skip
-    e = v * p / q
-    e = 1.0 if (e > 1.0 or az >= _ERF_ONE) else e
-    e = z if z != z else e
-    return e if z >= 0 else -e
-
-
-# ---- float32 arithmetic for the float32 GELU ---------------------------------------------------------
-_F = np.float32
-_SHIFTER32 = _F(12582912.0)  # 1.5 * 2**23: adding it rounds a float32 (|v| < 2**22) to an integer
-_LOG2E32 = _F(_LOG2E)
-_LN2_HI32, _LN2_LO32 = _F(0.693359375), _F(-2.12194440e-4)  # ln 2 in two parts (Cody and Waite)
-_EXP_LO32, _EXP_HI32 = _F(-87.0), _F(88.0)  # 2**n stays a normal float32; beyond, 0 / inf
-_EXP_C32 = tuple(_F(1.0 / math.factorial(i)) for i in range(8))
-_ERF_P32 = tuple(_F(c) for c in _ERF_P)
-_ERF_Q32 = tuple(_F(c) for c in _ERF_Q)
-_ERF_ONE32 = _F(_ERF_ONE)
-
-
-def _exp32(a: Any) -> Any:
-    """exp(a) for float32 a, in float32, to 1e-7 relative (0.84 ulp; NumPy's float32 exp is within
-    0.5-1 ulp too); branch-free: a = n ln2 + r (ln2 in two parts), a degree-7 Taylor polynomial in
-    |r| <= ln2 / 2, times 2**n from its exponent bits. Below -87 the result is 0 (the reference's
-    subnormals, under 1.7e-38), above 88 inf."""
-    a = np.float32(a)  # a no-op for float32; lets the float64 loops, which never call it, compile
-    ac = a if a > _EXP_LO32 else _EXP_LO32  # NaN takes _EXP_LO32 here and is put back below
-    ac = ac if ac < _EXP_HI32 else _EXP_HI32
-    k = ac * _LOG2E32 + _SHIFTER32
-    n = k - _SHIFTER32
-    r = ac - n * _LN2_HI32
-    r = r - n * _LN2_LO32
-    c = _EXP_C32
-    p = c[0] + r * (c[1] + r * (c[2] + r * (c[3] + r * (c[4] + r * (c[5] + r * (c[6] + r * c[7]))))))
-    e = p * _pow2f_of_shifted(k)
-    e = _F(0.0) if a < _EXP_LO32 else e
-    e = _F(math.inf) if a > _EXP_HI32 else e
-    return a if a != a else e
-
-
-def _erf32(z: Any) -> Any:
-    """erf(z) for float32 z: `_erf64`'s rational approximation evaluated in float32, within 4e-7 of erf
-    (about 7 ulp of 1; measured on a grid of 2M points in [-5, 5], tests/kernels/test_nn_fused.py)."""
-    z = np.float32(z)  # as in _exp32
-    az = abs(z)
-    v = az if az < _ERF_ONE32 else _ERF_ONE32  # NaN takes _ERF_ONE32 and is put back below
-    t = v * v
-    p, q = _ERF_P32, _ERF_Q32
-    num = p[0] + t * (p[1] + t * (p[2] + t * (p[3] + t * (p[4] + t * p[5]))))
-    den = q[0] + t * (q[1] + t * (q[2] + t * (q[3] + t * (q[4] + t * (q[5] + t * q[6])))))
-    e = v * num / den
-    e = _F(1.0) if (e > _F(1.0) or az >= _ERF_ONE32) else e
-    e = z if z != z else e
-    return e if z >= _F(0.0) else -e
 
 
 # ---- per-element GELU, the reference's expressions (ops/elementwise.py `_Gelu`) ---------------------

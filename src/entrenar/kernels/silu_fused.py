@@ -6,7 +6,7 @@ s for the backward, g * (s * (1 + x * (1 - s))), four more passes. Here each dir
 memory; the backward reads x and recomputes s instead of reading a saved array (one array less kept
 per SiLU: SmolLM2's MLP has one per layer, 512 x 1536 elements a step at 4 x 128 tokens).
 
-Arithmetic: the reference's expressions in the dtype; float32's exp is nn_fused's float32 one (within
+Arithmetic: the reference's expressions in the dtype; float32's exp is vmath's float32 one (within
 1.2e-7 relative, NumPy's float32 exp within about an ulp too), float64's is libm's (as NumPy's). So s
 differs from the reference's by an ulp or two, and x s and the gradient by a few ulps of their size:
 tests/kernels/test_silu_fused.py states the bounds. Overflow gives what the reference gives (exp(-x)
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from entrenar.kernels import nn_fused
+from entrenar.kernels import vmath
 from entrenar.kernels._lazy import import_numba, jit, once, probes
 
 __all__ = ["MIN_SIZE", "available", "silu_backward", "silu_forward", "supports", "unavailable_reason"]
@@ -35,7 +35,7 @@ MIN_SIZE = 1 << 15
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _exp32(a: Any) -> Any:  # pragma: no cover - replaced by nn_fused's compiled version
+def _exp32(a: Any) -> Any:  # pragma: no cover - replaced by vmath's compiled version
     return np.float32(math.exp(a))
 
 
@@ -71,11 +71,11 @@ def _compile_all() -> str | None:
     numba, reason = import_numba()
     if reason is not None:
         return reason
-    reason = nn_fused.unavailable_reason()  # compiles nn_fused's float32 exp, which the loops inline
+    reason = vmath.load()  # compiles vmath's exps, which the loops inline
     if reason is not None:
         return reason
     g = globals()
-    g["_exp32"] = nn_fused._exp32
+    g["_exp32"] = vmath.exp32
     g["_sigmoid"] = jit(numba, _sigmoid, inline="always")
     for name in ("_fwd_loop", "_bwd_loop"):
         g[name] = jit(numba, g[name])
