@@ -148,6 +148,7 @@ def _bce_with_logits_backward(g: np.ndarray, saved: Any, needs: tuple[bool, ...]
     [
         case(A((3, 4), -5.0, 5.0), A((3, 4), 0.0, 1.0)),
         case(A((3, 4), -5.0, 5.0), A((3, 4), 0.0, 1.0, kind="const"), reduction="sum"),
+        case(A((3, 4), -5.0, 5.0, kind="const"), A((3, 4), 0.0, 1.0)),  # the target's gradient alone
         case(
             A((3, 4), -5.0, 5.0),
             A((3, 4), 0.0, 1.0),
