@@ -29,9 +29,17 @@ Arithmetic. Both follow the reference's expressions operation by operation, in t
   are used in the reference's float32 expression, so the result differs from the reference's by a
   few float32 roundings of erf (or exp, tanh), an absolute error of order |x| ulp(1):
   tests/kernels/test_nn_fused.py states the bounds.
+* The GELU loops (both dtypes) are compiled with fastmath "contract": a multiply followed by an add
+  becomes one fused multiply-add, rounded once. That is most of erf's and exp's polynomial
+  evaluations, and GELU's own `cdf + x * pdf`. The error only shrinks (on 4M float32 points of
+  [-12, 12], the value's largest error went 5.8 -> 4.0 u for the erf form, the gradient's 2.5 -> 2.5 u),
+  and the time goes down: over 1M float32 elements, forward 1.24 -> 0.84 ms and backward 2.87 -> 1.94
+  ms (one thread, first decile of 40).
 * layer_norm sums each row's mean, variance and the backward's two row sums in float64 (the
   reference sums in the dtype, pairwise), and sums the weight and bias gradients over rows in
-  float64 (the reference adds rows one by one in the dtype). The
+  float64 (the reference adds rows one by one in the dtype). The row sums are split over vector
+  lanes (fastmath "reassoc" on those sums only): on a (1024, 256) float32 input the forward went
+  0.29 -> 0.15 ms and the backward 0.66 -> 0.25 ms (one thread, first decile of 50). The
   elementwise parts (x_hat, the output, dx) are the reference's dtype expressions.
 
 NaN and inf give what the reference gives (a NaN input gives NaN, gelu(-inf) = NaN, as x * 0).
@@ -74,7 +82,6 @@ MIN_SIZE = 1 << 15
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-
 def _compile_all() -> str | None:
     numba, reason = import_numba()
     if reason is not None:
@@ -88,12 +95,19 @@ def _compile_all() -> str | None:
         "_tanh32", "_gelu_erf32", "_gelu_tanh32", "_gelu_erf_grad32",
         "_gelu_tanh_grad32", "_gelu_erf64", "_gelu_tanh64", "_gelu_erf_grad64", "_gelu_tanh_grad64",
     )  # fmt: skip
+    for name in ("_row_sum64", "_row_sq64", "_row_grad_sums64"):
+        g[name] = jit(numba, g[name], fastmath={"reassoc"})  # see the layer_norm section
     loops = ("_gelu_fwd_loop", "_gelu_bwd_loop", "_ln_fwd_loop", "_ln_bwd_loop", "_scatter_rows_loop")
     for name in helpers + loops:
         # One thread (no parallel=True), see the module docstring. The helpers are inlined in numba's
         # IR: left to LLVM's inliner, the float32 erf backward kept erf and exp as calls in the loop
         # and did not vectorize (5x slower, measured).
-        g[name] = jit(numba, g[name], inline="always") if name in helpers else jit(numba, g[name])
+        if name in helpers:
+            g[name] = jit(numba, g[name], inline="always")
+        elif name.startswith("_gelu"):
+            g[name] = jit(numba, g[name], fastmath={"contract"})  # see the module docstring
+        else:
+            g[name] = jit(numba, g[name])
     return None
 
 
@@ -222,42 +236,64 @@ def _gelu_bwd_loop(x: Any, g: Any, out: Any, tanh: bool, single: bool) -> None:
 
 # ---- layer_norm over the trailing D elements of each of N rows ----------------------------------------
 # stats[i] = (mean, rstd) rounded to the dtype; w, b are stand-ins (x's first row) when absent.
+# The row sums (`_row_*`) are compiled with fastmath "reassoc" only: float64 sums split over vector
+# lanes (a chain of dependent float64 additions, one element a step, was most of the time); the terms
+# are the same float64 values, summed in another order.
+
+
+def _row_sum64(x: Any) -> float:
+    """sum(x) in float64."""
+    total = 0.0
+    for j in range(x.shape[0]):
+        total += np.float64(x[j])
+    return total
+
+
+def _row_sq64(x: Any, mu: Any) -> float:
+    """sum((x - mu)^2), the difference in the dtype (the reference's x - mean), squared in float64."""
+    total = 0.0
+    for j in range(x.shape[0]):
+        c = np.float64(x[j] - mu)
+        total += c * c
+    return total
+
+
+def _row_grad_sums64(g: Any, x: Any, w: Any, has_w: bool, mu: Any, r: Any) -> tuple[float, float]:
+    """(sum(gh), sum(gh x_hat)) in float64, gh = g w and x_hat = (x - mu) r in the dtype."""
+    s = t = 0.0
+    if has_w:
+        for j in range(x.shape[0]):
+            gh = g[j] * w[j]
+            s += np.float64(gh)
+            t += np.float64(gh) * ((x[j] - mu) * r)
+    else:
+        for j in range(x.shape[0]):
+            s += np.float64(g[j])
+            t += np.float64(g[j]) * ((x[j] - mu) * r)
+    return s, t
 
 
 def _ln_fwd_loop(x: Any, w: Any, b: Any, has_w: bool, has_b: bool, eps: float, out: Any, stats: Any) -> None:
     n, d = x.shape
-    d4 = d - d % 4
     for i in range(n):
-        # four float64 accumulators: independent additions instead of one chain of dependent ones
-        s0 = s1 = s2 = s3 = 0.0
-        for j in range(0, d4, 4):
-            s0 += x[i, j]
-            s1 += x[i, j + 1]
-            s2 += x[i, j + 2]
-            s3 += x[i, j + 3]
-        for j in range(d4, d):
-            s0 += x[i, j]
-        stats[i, 0] = ((s0 + s1) + (s2 + s3)) / d  # rounds to the dtype
+        xi, oi = x[i], out[i]
+        stats[i, 0] = _row_sum64(xi) / d  # rounds to the dtype
         mu = stats[i, 0]
-        s0 = s1 = s2 = s3 = 0.0
-        for j in range(0, d4, 4):
-            c0, c1, c2, c3 = x[i, j] - mu, x[i, j + 1] - mu, x[i, j + 2] - mu, x[i, j + 3] - mu
-            s0 += np.float64(c0) * c0  # c: in the dtype, as the reference's x - mean
-            s1 += np.float64(c1) * c1
-            s2 += np.float64(c2) * c2
-            s3 += np.float64(c3) * c3
-        for j in range(d4, d):
-            c0 = x[i, j] - mu
-            s0 += np.float64(c0) * c0
-        stats[i, 1] = 1.0 / math.sqrt(((s0 + s1) + (s2 + s3)) / d + eps)
+        stats[i, 1] = 1.0 / math.sqrt(_row_sq64(xi, mu) / d + eps)
         r = stats[i, 1]
-        for j in range(d):
-            y = (x[i, j] - mu) * r
-            if has_w:
-                y = y * w[j]
-            if has_b:
-                y = y + b[j]
-            out[i, j] = y
+        # one loop per case: a branch inside kept LLVM from vectorizing
+        if has_w and has_b:
+            for j in range(d):
+                oi[j] = (xi[j] - mu) * r * w[j] + b[j]
+        elif has_w:
+            for j in range(d):
+                oi[j] = (xi[j] - mu) * r * w[j]
+        elif has_b:
+            for j in range(d):
+                oi[j] = (xi[j] - mu) * r + b[j]
+        else:
+            for j in range(d):
+                oi[j] = (xi[j] - mu) * r
 
 
 def _ln_bwd_loop(
@@ -268,32 +304,23 @@ def _ln_bwd_loop(
     n, d = x.shape
     for i in range(n):
         mu, r = stats[i, 0], stats[i, 1]
+        gi, xi = g[i], x[i]
         if need_x:
-            s0 = s1 = t0 = t1 = 0.0  # two accumulators per sum, as in the forward
-            for j in range(0, d - d % 2, 2):
-                xh0, xh1 = (x[i, j] - mu) * r, (x[i, j + 1] - mu) * r
-                gh0 = g[i, j] * w[j] if has_w else g[i, j]
-                gh1 = g[i, j + 1] * w[j + 1] if has_w else g[i, j + 1]
-                s0 += gh0
-                s1 += gh1
-                t0 += np.float64(gh0) * xh0
-                t1 += np.float64(gh1) * xh1
-            if d % 2:
-                xh0 = (x[i, d - 1] - mu) * r
-                gh0 = g[i, d - 1] * w[d - 1] if has_w else g[i, d - 1]
-                s0 += gh0
-                t0 += np.float64(gh0) * xh0
-            row_means[i, 0] = (s0 + s1) / d  # rounds to the dtype
-            row_means[i, 1] = (t0 + t1) / d
+            s, t = _row_grad_sums64(gi, xi, w, has_w, mu, r)
+            row_means[i, 0] = s / d  # rounds to the dtype
+            row_means[i, 1] = t / d
             m1, m2 = row_means[i, 0], row_means[i, 1]
-        for j in range(d):
-            xh = (x[i, j] - mu) * r
-            if need_x:
-                gh = g[i, j] * w[j] if has_w else g[i, j]
-                dx[i, j] = r * (gh - m1 - xh * m2)
-            if need_wb:
-                dw[j] += g[i, j] * xh
-                db[j] += g[i, j]
+            dxi = dx[i]
+            if has_w:
+                for j in range(d):
+                    dxi[j] = r * (gi[j] * w[j] - m1 - (xi[j] - mu) * r * m2)
+            else:
+                for j in range(d):
+                    dxi[j] = r * (gi[j] - m1 - (xi[j] - mu) * r * m2)
+        if need_wb:
+            for j in range(d):
+                dw[j] += np.float64(gi[j] * ((xi[j] - mu) * r))
+                db[j] += np.float64(gi[j])
 
 
 # ---- embedding's backward: rows scatter-added into a table ----------------------------------------------
