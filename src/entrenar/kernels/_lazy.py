@@ -2,6 +2,16 @@
 
 numba costs about a second to import, so entrenar does not import it until a fused kernel is first
 asked for; a module's `_load()` then says why its kernels are unavailable, or None when they run.
+
+A kernel module declares what to compile, and `compile_on_first_use` makes its `_load` from that:
+
+    _load = compile_on_first_use(
+        globals(),
+        jit_group("_helper", inline="always"),    # names in this module, njit options
+        jit_group("_fwd_loop", "_bwd_loop"),
+        needs=(vmath.load,),                      # other modules compiled first
+        bind={"_exp32": lambda: vmath.exp32},     # ... whose compiled functions the loops call
+    )
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["import_numba", "jit", "once", "probes"]
+__all__ = ["compile_on_first_use", "import_numba", "jit", "jit_group", "once", "probes"]
 
 
 def import_numba() -> tuple[Any, str | None]:
@@ -38,6 +48,47 @@ def once(compile_all: Callable[[], str | None]) -> Callable[[], str | None]:
         return state["reason"]
 
     return load
+
+
+Group = tuple[tuple[str, ...], dict[str, Any]]
+
+
+def jit_group(*names: str, **opts: Any) -> Group:
+    """Functions of a kernel module to compile with the same numba options (see `jit`)."""
+    return names, opts
+
+
+def compile_on_first_use(
+    namespace: dict[str, Any],
+    *groups: Group,
+    needs: tuple[Callable[[], str | None], ...] = (),
+    bind: dict[str, Callable[[], Any]] | None = None,
+) -> Callable[[], str | None]:
+    """A kernel module's `_load` (an `once`). Its first call imports numba, runs each of `needs` (other
+    modules' loads; the first reason one gives is returned), sets each name of `bind` in namespace to
+    what its callable returns (a function those modules compiled), and replaces each function named
+    in `groups` by its compilation, `jit(numba, fn, **opts)`. numba compiles a function on its first
+    call, per argument types, and a loop then finds the compiled helpers it calls in namespace. The
+    groups may name functions defined further down the module: nothing is looked up before that call."""
+
+    def compile_all() -> str | None:
+        numba, reason = import_numba()
+        if reason is not None:
+            return reason
+        for load in needs:
+            reason = load()
+            if reason is not None:
+                return reason
+        for name, compiled in (bind or {}).items():
+            namespace[name] = compiled()
+        for names, opts in groups:
+            for name in names:
+                if not callable(namespace.get(name)):
+                    raise NameError(f"{namespace.get('__name__')} has no function {name!r} to compile")
+                namespace[name] = jit(numba, namespace[name], **opts)
+        return None
+
+    return once(compile_all)
 
 
 def probes(load: Callable[[], str | None]) -> tuple[Callable[[], bool], Callable[[], str | None]]:

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from entrenar.kernels import vmath
-from entrenar.kernels._lazy import import_numba, jit, once, probes
+from entrenar.kernels._lazy import compile_on_first_use, jit_group, probes
 
 __all__ = [
     "MIN_WORK",
@@ -73,28 +73,16 @@ MIN_WORK = 1 << 15
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-
-def _compile_all() -> str | None:
-    numba, reason = import_numba()
-    if reason is not None:
-        return reason
-    reason = vmath.load()  # compiles vmath's exps, which the loops inline
-    if reason is not None:
-        return reason
-    g = globals()
-    g["_exp32"] = vmath.exp32
-    fast = {"contract", "reassoc"}
-    for name in ("_scores", "_axpy_rows", "_axpy_cols"):
-        g[name] = jit(numba, g[name], fastmath=fast)
-    g["_prefix_sum64"] = jit(numba, _prefix_sum64, fastmath={"reassoc"})
-    for name in ("_prefix_max", "_softmax_row", "_copy_head", "_limits"):
-        g[name] = jit(numba, g[name])
-    for name in ("_attn_fwd_loop", "_attn_bwd_loop"):
-        g[name] = jit(numba, g[name])  # one thread: see the module docstring
-    return None
-
-
-_load = once(_compile_all)
+_load = compile_on_first_use(
+    globals(),
+    # the products: fused multiply-adds and sums in vector lanes (see "Arithmetic" above)
+    jit_group("_scores", "_axpy_rows", "_axpy_cols", fastmath={"contract", "reassoc"}),
+    jit_group("_prefix_sum64", fastmath={"reassoc"}),
+    jit_group("_prefix_max", "_softmax_row", "_copy_head", "_limits"),
+    jit_group("_attn_fwd_loop", "_attn_bwd_loop"),  # one thread: see the module docstring
+    needs=(vmath.load,),  # vmath's float32 exp, which the softmax inlines
+    bind={"_exp32": lambda: vmath.exp32},
+)
 
 available, unavailable_reason = probes(_load)
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from entrenar.kernels._lazy import import_numba, jit, once, probes
+from entrenar.kernels._lazy import compile_on_first_use, jit_group, probes
 
 __all__ = [
     "MIN_SIZE",
@@ -122,18 +122,11 @@ def _bwd_loop(g: Any, keep: Any, scale: Any, out: Any) -> None:
         out[i] = g[i] * (scale if keep[i] else zero)
 
 
-def _compile_all() -> str | None:
-    numba, reason = import_numba()
-    if reason is not None:
-        return reason
-    g = globals()
-    g["_mix"] = jit(numba, _mix, inline="always")
-    for name in ("_fwd_loop", "_bwd_loop"):
-        g[name] = jit(numba, g[name])
-    return None
-
-
-_load = once(_compile_all)
+_load = compile_on_first_use(
+    globals(),
+    jit_group("_mix", inline="always"),
+    jit_group("_fwd_loop", "_bwd_loop"),
+)
 
 available, unavailable_reason = probes(_load)
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from entrenar.kernels import vmath
-from entrenar.kernels._lazy import import_numba, jit, once, probes
+from entrenar.kernels._lazy import compile_on_first_use, jit_group, probes
 
 __all__ = [
     "MIN_SIZE",
@@ -54,24 +54,14 @@ def _exp32(a: Any) -> Any:  # pragma: no cover - replaced by vmath's compiled ve
     return np.float32(math.exp(a))
 
 
-def _compile_all() -> str | None:
-    numba, reason = import_numba()
-    if reason is not None:
-        return reason
-    reason = vmath.load()  # compiles vmath's exps, which the loops inline
-    if reason is not None:
-        return reason
-    g = globals()
-    g["_exp32"] = vmath.exp32
-    g["_exp_minus"] = jit(numba, _exp_minus, inline="always")
-    g["_row_max"] = jit(numba, _row_max, inline="always")
-    g["_sum64"] = jit(numba, _sum64, fastmath={"reassoc"})
-    for name in ("_ce_fwd_loop", "_ce_bwd_loop"):
-        g[name] = jit(numba, g[name])
-    return None
-
-
-_load = once(_compile_all)
+_load = compile_on_first_use(
+    globals(),
+    jit_group("_exp_minus", "_row_max", inline="always"),
+    jit_group("_sum64", fastmath={"reassoc"}),
+    jit_group("_ce_fwd_loop", "_ce_bwd_loop"),
+    needs=(vmath.load,),  # vmath's float32 exp, which the loops inline
+    bind={"_exp32": lambda: vmath.exp32},
+)
 
 available, unavailable_reason = probes(_load)
 

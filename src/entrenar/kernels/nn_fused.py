@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from entrenar.kernels import vmath
-from entrenar.kernels._lazy import import_numba, jit, once, probes
+from entrenar.kernels._lazy import compile_on_first_use, jit_group, probes
 
 __all__ = [
     "MIN_SIZE",
@@ -82,36 +82,29 @@ MIN_SIZE = 1 << 15
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _compile_all() -> str | None:
-    numba, reason = import_numba()
-    if reason is not None:
-        return reason
-    reason = vmath.load()
-    if reason is not None:
-        return reason
-    g = globals()
-    g["_exp32"], g["_erf32"] = vmath.exp32, vmath.erf32
-    helpers = (
-        "_tanh32", "_gelu_erf32", "_gelu_tanh32", "_gelu_erf_grad32",
-        "_gelu_tanh_grad32", "_gelu_erf64", "_gelu_tanh64", "_gelu_erf_grad64", "_gelu_tanh_grad64",
-    )  # fmt: skip
-    for name in ("_row_sum64", "_row_sq64", "_row_grad_sums64"):
-        g[name] = jit(numba, g[name], fastmath={"reassoc"})  # see the layer_norm section
-    loops = ("_gelu_fwd_loop", "_gelu_bwd_loop", "_ln_fwd_loop", "_ln_bwd_loop", "_scatter_rows_loop")
-    for name in helpers + loops:
-        # One thread (no parallel=True), see the module docstring. The helpers are inlined in numba's
-        # IR: left to LLVM's inliner, the float32 erf backward kept erf and exp as calls in the loop
-        # and did not vectorize (5x slower, measured).
-        if name in helpers:
-            g[name] = jit(numba, g[name], inline="always")
-        elif name.startswith("_gelu"):
-            g[name] = jit(numba, g[name], fastmath={"contract"})  # see the module docstring
-        else:
-            g[name] = jit(numba, g[name])
-    return None
-
-
-_load = once(_compile_all)  # numba imported and the loops compiled on first use
+_load = compile_on_first_use(  # numba imported and the loops compiled on first use
+    globals(),
+    # The per-element GELU helpers are inlined in numba's IR: left to LLVM's inliner, the float32 erf
+    # backward kept erf and exp as calls in the loop and did not vectorize (5x slower, measured).
+    jit_group(
+        "_tanh32",
+        "_gelu_erf32",
+        "_gelu_tanh32",
+        "_gelu_erf_grad32",
+        "_gelu_tanh_grad32",
+        "_gelu_erf64",
+        "_gelu_tanh64",
+        "_gelu_erf_grad64",
+        "_gelu_tanh_grad64",
+        inline="always",
+    ),
+    jit_group("_row_sum64", "_row_sq64", "_row_grad_sums64", fastmath={"reassoc"}),  # layer_norm's sums
+    # The loops run on one thread (no parallel=True), see the module docstring.
+    jit_group("_gelu_fwd_loop", "_gelu_bwd_loop", fastmath={"contract"}),
+    jit_group("_ln_fwd_loop", "_ln_bwd_loop", "_scatter_rows_loop"),
+    needs=(vmath.load,),
+    bind={"_exp32": lambda: vmath.exp32, "_erf32": lambda: vmath.erf32},
+)
 
 available, unavailable_reason = probes(_load)
 
@@ -133,7 +126,7 @@ def supports_layer_norm(x: Any, w: Any, b: Any) -> bool:
     return same and supports(x)
 
 
-# ---- vmath's functions (compiled versions bound by _compile_all) --------------------------------------
+# ---- vmath's functions (compiled versions bound by _load) -----------------------------------------------
 def _exp32(a: Any) -> Any:  # pragma: no cover - replaced by vmath's compiled version
     return np.float32(math.exp(a))
 

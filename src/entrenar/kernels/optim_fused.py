@@ -66,7 +66,7 @@ from typing import Any
 
 import numpy as np
 
-from entrenar.kernels._lazy import import_numba, jit, once, probes
+from entrenar.kernels._lazy import compile_on_first_use, import_numba, jit_group, probes
 
 __all__ = [
     "PARALLEL_MIN_SIZE",
@@ -86,19 +86,11 @@ PARALLEL_MIN_SIZE = 1 << 22
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _compile_all() -> str | None:
-    numba, reason = import_numba()
-    if reason is not None:
-        return reason
-    g = globals()
-    g["_sgd_element"] = jit(numba, _sgd_element)
-    g["_adam_element"] = jit(numba, _adam_element)
-    for name in ("_sgd_loop", "_adam_loop"):  # nogil: the pool's threads run them side by side
-        g[name] = jit(numba, g[name], nogil=True)
-    return None
-
-
-_load = once(_compile_all)  # numba imported and the loops compiled on first use
+_load = compile_on_first_use(  # numba imported and the loops compiled on first use
+    globals(),
+    jit_group("_sgd_element", "_adam_element"),
+    jit_group("_sgd_loop", "_adam_loop", nogil=True),  # nogil: the pool's threads run them side by side
+)
 
 available, unavailable_reason = probes(_load)
 

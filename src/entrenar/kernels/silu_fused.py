@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from entrenar.kernels import vmath
-from entrenar.kernels._lazy import import_numba, jit, once, probes
+from entrenar.kernels._lazy import compile_on_first_use, jit_group, probes
 
 __all__ = ["MIN_SIZE", "available", "silu_backward", "silu_forward", "supports", "unavailable_reason"]
 
@@ -67,22 +67,13 @@ def _bwd_loop(x: Any, g: Any, out: Any, single: bool) -> None:
             out[i] = g[i] * (s * (1.0 + x[i] * (1.0 - s)))
 
 
-def _compile_all() -> str | None:
-    numba, reason = import_numba()
-    if reason is not None:
-        return reason
-    reason = vmath.load()  # compiles vmath's exps, which the loops inline
-    if reason is not None:
-        return reason
-    g = globals()
-    g["_exp32"] = vmath.exp32
-    g["_sigmoid"] = jit(numba, _sigmoid, inline="always")
-    for name in ("_fwd_loop", "_bwd_loop"):
-        g[name] = jit(numba, g[name])
-    return None
-
-
-_load = once(_compile_all)
+_load = compile_on_first_use(
+    globals(),
+    jit_group("_sigmoid", inline="always"),
+    jit_group("_fwd_loop", "_bwd_loop"),
+    needs=(vmath.load,),  # vmath's float32 exp, which the loops inline
+    bind={"_exp32": lambda: vmath.exp32},
+)
 
 available, unavailable_reason = probes(_load)
 
