@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from entrenar.autograd.gradcheck import gradcheck
-from entrenar.quant.ggml import GGML_TYPE_BYTES, GGMLLinear, GGMLTensor, dequantize_blocks
+from entrenar.quant.ggml import (
+    GGML_BLOCK,
+    GGML_TYPE_BYTES,
+    GGMLLinear,
+    GGMLTensor,
+    dequantize_blocks,
+    quantize_blocks,
+)
 from entrenar.tensor import Tensor
 
 KINDS = sorted(GGML_TYPE_BYTES)
@@ -31,6 +38,21 @@ def test_dequantize_blocks_equals_gguf_on_arbitrary_bytes(kind: str, seed: int, 
         blocks[:, 3] &= 0x7B
     want = gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType[kind]).reshape(n, 32)
     np.testing.assert_array_equal(dequantize_blocks(kind, blocks), want)
+
+
+def test_q4_0_writer_rounds_halves_up_and_clamps_at_15() -> None:
+    """llama.cpp's quantize_row_q4_0_ref: d = x[argmax |x|] / -8, q = MIN(15, (int8_t)(x / d + 8.5f)).
+    So a value half-way between two steps rounds up (toward +inf, not away from zero as Q8_0's roundf),
+    and x / d = 7.5 (-> 16) is clamped to 15. The block t = -8, -7.5, ..., 7.5 times d = 0.25 (exact in
+    float16) has codes q_i = min(15, ceil(i / 2)); the negated block picks d = -0.25, the same codes."""
+    t = np.arange(GGML_BLOCK, dtype=np.float32) / 2 - 8
+    x = np.stack([t * np.float32(0.25), -t * np.float32(0.25)])
+    blocks = quantize_blocks("Q4_0", x)
+    np.testing.assert_array_equal(blocks[:, :2], np.array([[0.25], [-0.25]], np.float16).view(np.uint8))
+    codes = np.minimum((np.arange(GGML_BLOCK) + 1) // 2, 15)
+    nibbles = blocks[:, 2:]  # byte j: element j low, element j + 16 high
+    np.testing.assert_array_equal(np.concatenate([nibbles & 0xF, nibbles >> 4], axis=1), [codes, codes])
+    np.testing.assert_array_equal(blocks, gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q4_0))
 
 
 @pytest.mark.parametrize("kind", KINDS)

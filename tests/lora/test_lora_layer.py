@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from typing import Any
@@ -150,6 +151,33 @@ def test_dropout_uses_the_generator_and_only_in_training() -> None:
     a.eval()
     no_drop = _layer()
     np.testing.assert_allclose(a(x).data, no_drop(x).data, rtol=1e-12)
+
+
+def test_dora_with_dropout_feeds_the_dropped_input_to_both_terms_in_training() -> None:
+    """PEFT's DoRA forward (peft/tuners/lora/layer.py Linear.forward, dora.py DoraLinearLayer.forward):
+    out = base(x) + (g - 1) * x' W0^T + g * s * B(A(x')),  g = m / ||W0 + s B A||_row (no bias in the
+    bracket). While dropout is active x' = dropout(x), and the base term x' W0^T is recomputed from it;
+    otherwise x' = x and the base output (less its bias) is reused."""
+    layer = _layer(use_dora=True, lora_dropout=0.5)
+    layer.lora_magnitude_vector["default"].weight.data *= 1.2  # g != 1, so the (g - 1) term counts
+    x = _x()
+    replay = copy.deepcopy(layer.lora_dropout["default"])  # its generator draws the forward's mask
+    trained = layer(x).data
+    xd = replay(Tensor(x)).data
+    assert 0 < np.count_nonzero(xd == 0) < xd.size  # a mask that drops some inputs and keeps others
+    w0 = layer.base_layer.weight.data
+    a, b = layer.lora_A["default"].weight.data, layer.lora_B["default"].weight.data
+    s = layer.scaling["default"]
+    g = layer.lora_magnitude_vector["default"].weight.data / np.linalg.norm(w0 + s * b @ a, axis=1)
+    base = layer.base_layer(x).data
+
+    def want(xin: np.ndarray) -> np.ndarray:
+        return base + (g - 1) * (xin @ w0.T) + g * s * (xin @ a.T @ b.T)
+
+    np.testing.assert_allclose(trained, want(xd), rtol=1e-12, atol=1e-12)
+    assert not np.allclose(trained, want(x))  # dropout changed the output
+    layer.eval()
+    np.testing.assert_allclose(layer(x).data, want(x), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("use_dora", [False, True])

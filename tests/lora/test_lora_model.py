@@ -10,6 +10,7 @@ import pytest
 from lora_models import MLP, bert, bert_batch, perturb, x_batch
 
 from entrenar.lora import LoraConfig, LoraLinear, ModulesToSaveWrapper, PeftModel, get_peft_model
+from entrenar.lora.inject import EXCLUDED, match_target
 from entrenar.nn import GPT, GPTConfig, Linear
 from entrenar.optim import AdamW
 
@@ -78,6 +79,11 @@ def test_no_match_lists_the_linear_layers() -> None:
         get_peft_model(MLP(), LoraConfig(target_modules=["0"]))
     with pytest.raises(ValueError, match=r"is excluded by exclude_modules or modules_to_save: blocks.0.up"):
         get_peft_model(MLP(), LoraConfig(target_modules=["up"], exclude_modules=["up"]))
+    # a module in modules_to_save gets a trainable copy, never an adapter: excluded, as PEFT's
+    # check_target_module_exists returns _ExcludedModule for it
+    with pytest.raises(ValueError, match=r"is excluded by exclude_modules or modules_to_save: heads.out"):
+        get_peft_model(MLP(), LoraConfig(target_modules=["out"], modules_to_save=["heads.out"]))
+    assert match_target(LoraConfig(target_modules=["out"], modules_to_save=["out"]), "heads.out") == EXCLUDED
     with pytest.raises(ValueError, match="target_modules is required"):
         get_peft_model(MLP(), LoraConfig())
     with pytest.raises(TypeError, match=r"generator must be an np.random.Generator or an int seed"):
@@ -143,6 +149,23 @@ def test_merge_unmerge_and_merge_and_unload(use_dora: bool) -> None:
     assert isinstance(merged, MLP) and isinstance(merged.blocks[0].up, Linear)
     assert not any(isinstance(mod, LoraLinear) for mod in merged.modules())
     np.testing.assert_allclose(merged(x).data, adapted, rtol=1e-5, atol=1e-5)
+
+
+def test_merge_adapter_checks_for_nan_only_when_asked() -> None:
+    """safe_merge defaults to False, as in PEFT: a broken (NaN) adapter is merged as it is; safe_merge=True
+    refuses it with PEFT's message and leaves the base weights as they were."""
+    m, _ = _mlp_peft(init_lora_weights=False)
+    up = m.get_base_model().blocks[0].up
+    up.lora_B["default"].weight.data[0, 0] = np.nan
+    w0 = up.base_layer.weight.data.copy()
+    with pytest.raises(
+        ValueError, match=r"NaNs detected in the merged weights\. The adapter\(s\) \['default'\]"
+    ):
+        m.merge_adapter(safe_merge=True)
+    np.testing.assert_array_equal(up.base_layer.weight.data, w0)
+    assert not up.merged
+    m.merge_adapter()
+    assert up.merged and np.isnan(up.base_layer.weight.data[0]).all()  # row 0 of s B A is NaN
 
 
 def test_unload_gives_back_the_base_model() -> None:

@@ -218,8 +218,8 @@ def _edited(sd: dict[str, Any], edit: Callable[[dict[str, Any]], None]) -> dict[
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
-        (lambda sd: sd.pop("state"), "exactly the keys 'state' and 'param_groups'"),
-        (lambda sd: sd.update(extra=1), "exactly the keys"),
+        (lambda sd: sd.pop("state"), r"exactly the keys 'state' and 'param_groups', got \['param_groups'\]"),
+        (lambda sd: sd.update(extra=1), r"exactly the keys .*, got \['extra', 'param_groups', 'state'\]"),
         (lambda sd: sd["state"].update({9: sd["state"][0]}), "parameter 9, which no param group lists"),
         (lambda sd: sd["state"][0].update(exp_avg=np.zeros(7)), r"'exp_avg' has shape \(7,\)"),
         (lambda sd: sd["state"][0].update(momentum_buffer=np.zeros(5)), "not a state entry of Adam"),
@@ -242,6 +242,12 @@ def test_load_rejects_bad_state(edit: Callable[[dict[str, Any]], None], match: s
     for index in before["state"]:
         for key in before["state"][index]:
             np.testing.assert_array_equal(after["state"][index][key], before["state"][index][key])
+
+
+def test_load_names_the_type_of_what_is_not_a_state_dict() -> None:
+    opt, _, sd = _trained_adam()
+    with pytest.raises(ValueError, match=r"exactly the keys 'state' and 'param_groups', got list$"):
+        opt.load_state_dict(list(sd.items()))  # type: ignore[arg-type]
 
 
 def test_scheduler_load_rejects_bad_state() -> None:

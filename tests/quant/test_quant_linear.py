@@ -8,9 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from cases import all_cases, call_entrenar, materialize, resolve_torch, torch_inputs
 
 import entrenar.functional as F
 from entrenar import Tensor, gradcheck, nn, optim
+from entrenar.autograd.registry import SPECS
 from entrenar.quant import QuantizedTensor, QuantLinear, quant_linear, quantize, quantize_linears
 from entrenar.quant.functional import default_tile_rows
 
@@ -66,6 +68,20 @@ def test_equals_torch_linear_on_the_dequantized_weight(
     # and F.linear on the same dequantized weight, whatever the tiling
     ref = F.linear(Tensor(x), Tensor(q.dequantize(dtype)), Tensor(b))
     np.testing.assert_allclose(y.data, ref.data, rtol=rtol, atol=atol)
+
+
+# quant_linear's @public cases (their weights built by entrenar.quant.functional._q) otherwise run only
+# under tests/test_op_gradients.py and tests/oracle, outside this part's tests
+QUANT_CASES = [(n, i) for n, i in all_cases() if SPECS[n].module == "entrenar.quant"]
+
+
+@pytest.mark.parametrize(("name", "index"), QUANT_CASES, ids=[f"{n}-{i}" for n, i in QUANT_CASES])
+def test_registered_cases_build_and_equal_torch_linear(name: str, index: int) -> None:
+    m = materialize(name, index, np.float64)
+    ours, _ = call_entrenar(m)
+    targs, tkwargs, _ = torch_inputs(m)
+    theirs = resolve_torch(m.spec.torch)(*targs, **tkwargs)
+    np.testing.assert_allclose(ours.data, theirs.detach().numpy(), rtol=1e-12, atol=1e-12)
 
 
 def test_no_tape_node_when_nothing_requires_grad() -> None:
