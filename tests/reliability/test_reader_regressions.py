@@ -66,6 +66,9 @@ def test_a_safetensors_dtype_that_is_not_a_string(tmp_path: Path, dtype: Any) ->
         {"__ndarray__": [1], "dtype": "object", "shape": [1]},
         {"__ndarray__": [1, 2], "dtype": "float32", "shape": [3]},
         {"__ndarray__": [1], "dtype": "float32"},  # was KeyError: 'shape'
+        {"__ndarray__": "AACAfw==", "dtype": "float32", "shape": [2]},  # 4 bytes for 2 values
+        {"__ndarray__": "AACAfw", "dtype": "float32", "shape": [1]},  # base64 without its padding
+        {"__ndarray__": "AQ==", "dtype": "uint8", "shape": [1]},  # bytes are for float arrays only
     ],
 )
 def test_malformed_state_tags_are_value_errors(tree: Any) -> None:

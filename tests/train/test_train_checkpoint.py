@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from train_helpers import make_trainer
@@ -200,6 +200,10 @@ def same(a: Any, b: Any) -> bool:
 
 @settings(max_examples=80, deadline=None)
 @given(trees, st.booleans())
+# JSON has no inf or NaN: an inline array holding one was a ValueError from json.dumps (found here)
+@example(np.array(np.inf, np.float32), False)
+@example(np.array([1.5, -np.inf], np.float16), False)
+@example(np.array([0x7FC00001, 0xFFC00000], np.uint32).view(np.float32), False)  # NaN payload and sign
 def test_state_trees_round_trip_through_strict_json(tree: Any, separate_arrays: bool) -> None:
     store: dict[str, np.ndarray] | None = {} if separate_arrays else None
     text = json.dumps(to_json_tree({"root": tree}, store), allow_nan=False)

@@ -10,13 +10,18 @@
     dict with str keys (none "__...")    a JSON object; any other dict {"__items__": [[key, value], ...]}
     ndarray                              {"__array__": name} with the array put in `arrays[name]` (saved
                                          as safetensors), or inline as {"__ndarray__": nested list,
-                                         "dtype": "float32", "shape": [...]} when no `arrays` is given
+                                         "dtype": "float32", "shape": [...]} when no `arrays` is given;
+                                         a float array holding inf or NaN (which JSON cannot write)
+                                         inline as {"__ndarray__": base64 of its little-endian bytes,
+                                         "dtype": ..., "shape": ...}, exact to the bit
 
 Nothing else is accepted (TypeError naming the place), so a checkpoint never needs pickle.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -73,7 +78,11 @@ def to_json_tree(obj: Any, arrays: dict[str, np.ndarray] | None = None, path: st
         if obj.dtype.kind not in "biuf":
             raise TypeError(f"state at {where}: cannot save an array of dtype {obj.dtype}")
         if arrays is None:
-            return {"__ndarray__": obj.tolist(), "dtype": obj.dtype.name, "shape": list(obj.shape)}
+            head = {"dtype": obj.dtype.name, "shape": list(obj.shape)}
+            if obj.dtype.kind == "f" and not np.isfinite(obj).all():
+                raw = np.ascontiguousarray(obj, dtype=obj.dtype.newbyteorder("<")).tobytes()
+                return {"__ndarray__": base64.b64encode(raw).decode("ascii"), **head}
+            return {"__ndarray__": obj.tolist(), **head}
         if path in arrays:
             raise ValueError(f"state at {where}: two arrays would share the name {path!r}")
         arrays[path] = obj
@@ -148,8 +157,21 @@ def _inline_array(tree: dict[str, Any]) -> np.ndarray:
         raise ValueError(f"state: __ndarray__ dtype must be one of {sorted(_ARRAY_DTYPES)}, got {dtype!r}")
     if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
         raise ValueError(f"state: __ndarray__ shape must be a list of non-negative ints, got {shape!r}")
+    payload = tree["__ndarray__"]
+    if isinstance(payload, str):  # a float array with inf or NaN: its little-endian bytes, base64
+        little = np.dtype(dtype).newbyteorder("<")
+        try:
+            raw = base64.b64decode(payload, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"state: __ndarray__ of dtype {dtype} holds bad base64: {exc}") from None
+        if np.dtype(dtype).kind != "f" or len(raw) != math.prod(shape) * little.itemsize:
+            raise ValueError(
+                f"state: __ndarray__ bytes must be a float array of shape {shape}: {math.prod(shape)} "
+                f"values of {little.itemsize} bytes, got {len(raw)} bytes of dtype {dtype}"
+            )
+        return np.frombuffer(raw, dtype=little).astype(np.dtype(dtype)).reshape(tuple(shape))
     try:
-        return np.array(tree["__ndarray__"], dtype=np.dtype(dtype)).reshape(tuple(shape))
+        return np.array(payload, dtype=np.dtype(dtype)).reshape(tuple(shape))
     except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"state: __ndarray__ of dtype {dtype} and shape {shape}: {exc}") from None
 
