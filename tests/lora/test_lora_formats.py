@@ -267,6 +267,20 @@ def test_no_adapter_in_directory(tmp_path: Path) -> None:
         PeftModel.from_pretrained(MLP(), tmp_path)
 
 
+def test_a_peft_config_without_its_weights_falls_back_to_the_json_format(tmp_path: Path) -> None:
+    """PEFT's format needs both of its files; with only adapter_config.json (say, a copy that stopped
+    half-way) next to a complete adapter.json, the JSON adapter loads. Without it, nothing is found."""
+    m = get_peft_model(MLP(), LoraConfig(r=2, target_modules=["up"], init_lora_weights=False))
+    m.save_pretrained(tmp_path, format="json")
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2}))
+    loaded = PeftModel.from_pretrained(MLP(), tmp_path)
+    a = m.get_base_model().blocks[0].up.lora_A["default"].weight.data
+    np.testing.assert_array_equal(loaded.get_base_model().blocks[0].up.lora_A["default"].weight.data, a)
+    (tmp_path / "adapter.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no adapter found"):
+        PeftModel.from_pretrained(MLP(), tmp_path)
+
+
 def test_nothing_is_pickled() -> None:
     for path in Path(entrenar.lora.__file__).parent.glob("*.py"):
         text = path.read_text()
