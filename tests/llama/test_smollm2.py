@@ -7,13 +7,12 @@ tokenizers (ours from the metadata, transformers' GGUF conversion) must encode a
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import transformers
+from smollm2_oracle import transformers_smollm2
 
 from entrenar.assets import AssetError, smollm2_gguf
 from entrenar.autograd.tape import no_grad
@@ -40,10 +39,7 @@ def smollm2() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def oracle(smollm2: dict[str, Any]) -> tuple[Any, Any]:
-    path: Path = smollm2["path"]
-    kw = {"gguf_file": path.name}
-    model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kw).eval()
-    return model, transformers.AutoTokenizer.from_pretrained(path.parent, **kw)
+    return transformers_smollm2(smollm2["path"])
 
 
 def test_config_and_packed_base(smollm2: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import peft
 import pytest
 import torch
-import transformers
+from smollm2_oracle import transformers_smollm2
 
 from entrenar.assets import AssetError, smollm2_gguf
 from entrenar.autograd.tape import no_grad
@@ -46,10 +46,8 @@ def test_the_recipe_s_adapter_loads_in_peft_and_gives_the_same_logits(tmp_path: 
     assert cfg["base_model_name_or_path"] == SMOLLM2_HUB_ID
 
     ids = np.asarray([gguf_tokenizer(reader).tokenizer.encode("To be, or not to be, that is").ids])
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32
-    )
-    tuned = peft.PeftModel.from_pretrained(hf.eval(), str(tmp_path)).eval()
+    hf, _ = transformers_smollm2(path)
+    tuned = peft.PeftModel.from_pretrained(hf, str(tmp_path)).eval()
     with torch.no_grad():
         want = tuned(torch.from_numpy(ids)).logits.numpy()  # (1, T, V)
         with tuned.disable_adapter():

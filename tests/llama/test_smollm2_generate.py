@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import transformers
+from smollm2_oracle import transformers_smollm2
 
 from entrenar.assets import AssetError, smollm2_gguf
 from entrenar.models.chat import apply_chat_template
@@ -26,15 +26,13 @@ def both() -> dict[str, Any]:
     except AssetError as exc:
         pytest.skip(f"SmolLM2 GGUF not available: {exc}")
     reader = open_gguf(path)
-    kw = {"gguf_file": path.name}
+    hf, hf_tok = transformers_smollm2(path)
     return {
         "model": llama_from_gguf(reader),
         "tok": gguf_tokenizer(reader),
         "template": gguf_chat_template(reader),
-        "hf": transformers.AutoModelForCausalLM.from_pretrained(
-            path.parent, dtype=torch.float32, **kw
-        ).eval(),
-        "hf_tok": transformers.AutoTokenizer.from_pretrained(path.parent, **kw),
+        "hf": hf,
+        "hf_tok": hf_tok,
     }
 
 
