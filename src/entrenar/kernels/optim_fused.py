@@ -38,10 +38,10 @@ tensor. Smaller updates run on the calling thread. Why:
 
 * The update follows the backward pass's GEMMs, and OpenBLAS's threads keep spinning on the cores for
   a while after each (measured with NumPy's OpenBLAS 0.3.31: after one 1024^3 GEMM its worker thread
-  used about 100 ms of CPU, busy-waiting without a sched_yield call, before it slept). A parallel region then waits for a thread that shares its core with one of
-  them. With numba's prange, one region per tensor, the GPT-style LM of bench_gpt.py (14 tensors of
-  up to 256k elements) took 33 ms a step for AdamW, against 2.7 ms on one thread. Below 4M elements
-  a step stays on one thread.
+  used about 100 ms of CPU, busy-waiting without a sched_yield call, before it slept). A parallel
+  region then waits for a thread that shares its core with one of them. With numba's prange, one
+  region per tensor, the GPT-style LM of bench_gpt.py (14 tensors of up to 256k elements) took 33 ms a
+  step for AdamW, against 2.7 ms on one thread. Below 4M elements a step stays on one thread.
 * Above it, one region for all tensors pays that wait once. AdamW over 20 tensors of 500k float32
   elements (bench_optim.py), one thread / per-tensor prange / one split over two Python threads:
   12.9 / 10.9 / 10.2 ms idle, and 15.1 / 22.7 / 15.9 ms right after a 1024^3 GEMM.
