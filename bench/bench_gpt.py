@@ -21,6 +21,7 @@ from common import label, measure, numpy_blas_threads, print_header, require_tor
 
 from entrenar.nn.gpt import GPT, GPTConfig
 from entrenar.optim import AdamW
+from entrenar.runtime import keep_freed_memory
 
 GOAL = 0.8
 CONFIG = GPTConfig(vocab_size=1000, block_size=128, n_layer=2, n_head=4, n_embd=256, d_ff=1024)
@@ -182,7 +183,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per framework")
     parser.add_argument("--profile-steps", type=int, default=10, help="entrenar steps under cProfile")
     parser.add_argument("--label", default=None, help="results name suffix (default: asis/unset)")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="call entrenar.runtime.keep_freed_memory() first, as the entrenar command does (process-wide: "
+        "both frameworks run with it)",
+    )
     args = parser.parse_args()
+    kept = keep_freed_memory() if args.keep_freed_memory else False
     torch = require_torch()
     torch.set_num_threads(numpy_blas_threads())
     c = CONFIG
@@ -212,6 +220,7 @@ def main() -> None:
     ratio = ms["entrenar"] / ms["torch"]
     tok = {k: BATCH * SEQ / (v / 1e3) for k, v in ms.items()}
     print(f"   torch {torch.__version__}, torch threads {torch.get_num_threads()}")
+    print(f"   malloc keeps freed memory (entrenar.runtime.keep_freed_memory): {kept}")
     for k in runs:
         print(f"   {k:<9} {ms[k]:8.2f} ms/step  {tok[k]:9.0f} tokens/s  ({ms[k] / ms['torch']:.2f}x torch)")
     verdict = "meets" if ratio <= GOAL else "misses"
@@ -245,6 +254,7 @@ def main() -> None:
             "gemm_floor": floor,
             "torch_version": torch.__version__,
             "torch_threads": torch.get_num_threads(),
+            "keep_freed_memory": kept,
             "blas": info,
             "round_medians_ms": samples,
             "profile_top15": profile,

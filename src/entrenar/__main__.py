@@ -1,7 +1,5 @@
 """`python -m entrenar` runs the command line."""
 
-import sys
+from entrenar.cli import entry
 
-from entrenar.cli import main
-
-sys.exit(main())
+entry()

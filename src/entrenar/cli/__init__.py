@@ -21,12 +21,22 @@ import sys
 from collections.abc import Sequence
 
 from entrenar.cli.parser import build_parser
+from entrenar.runtime import keep_freed_memory
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "entry", "main"]
+
+
+def entry() -> None:
+    """The `entrenar` script and `python -m entrenar`: the process is the command's own, so it first
+    keeps freed memory for reuse (`entrenar.runtime.keep_freed_memory`: no page faults for the
+    activations of every training step), then runs `main` and exits with its status."""
+    keep_freed_memory()
+    sys.exit(main())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `entrenar` script and `python -m entrenar`; returns the exit status."""
+    """The command line on `argv` (default: sys.argv[1:]); returns the exit status. Leaves the process's
+    malloc settings alone (the `entrenar` script, `entry`, sets them first)."""
     parser = build_parser()
     # KEY=VALUE overrides may come after an option (`train run.yaml --resume a.b=1`), which argparse
     # leaves over: they join the command's overrides, in order; anything else left over is an error
