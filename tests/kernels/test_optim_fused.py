@@ -132,7 +132,8 @@ def test_update_size_picks_the_threads(monkeypatch: pytest.MonkeyPatch) -> None:
         loop = getattr(optim_fused, name)
 
         def record(*args: Any, _name: str = name, _loop: Any = loop) -> None:
-            calls.append((_name, args[0].size, threading.get_ident()))
+            lo = 4 if _name == "_sgd_loop" else 6  # the loop's [lo, hi) follows its arrays and scalars
+            calls.append((_name, args[lo + 1] - args[lo], threading.get_ident()))
             _loop(*args)
 
         monkeypatch.setattr(optim_fused, name, record)

@@ -50,7 +50,7 @@ def sgd_steps(
     the fused kernel takes in one `optim_fused.sgd_steps` call, the others by the reference."""
     fused = [u for u in updates if optim_fused.supports(u[0], u[1], u[2])]
     if fused:
-        optim_fused.sgd_steps(fused, **hyper)
+        optim_fused.sgd_steps(fused, **hyper, checked=True)  # supports() made the checks
     if len(fused) < len(updates):
         for p, g, b, first in updates:
             if not optim_fused.supports(p, g, b):
@@ -66,7 +66,7 @@ def adam_steps(
     reference."""
     fused = [u for u in updates if optim_fused.supports(*u[:5])]
     if fused:
-        optim_fused.adam_steps(fused, **hyper)
+        optim_fused.adam_steps(fused, **hyper, checked=True)  # supports() made the checks
     if len(fused) < len(updates):
         for p, g, m, v, vmax, step in updates:
             if not optim_fused.supports(p, g, m, v, vmax):

@@ -136,12 +136,13 @@ def _adam_element(
     return p + c[6] * m / (np.sqrt(d) / c[7] + c[8]), m, v, vmax  # -step_size, sqrt(bc2), eps
 
 
-# ---- loops: one pass over (a part of) each array ----------------------------------------------------
+# ---- loops: one pass over elements [lo, hi) of each array (all of it, or one thread's part) ----------
 # Without momentum (amsgrad) the buffer argument is a stand-in that is neither read nor written.
 
 
-def _sgd_loop(p: Any, g: Any, b: Any, cs: Any, has_momentum: bool, *flags: bool) -> None:
+def _sgd_loop(p: Any, g: Any, b: Any, cs: Any, lo: int, hi: int, has_momentum: bool, *flags: bool) -> None:
     c = (cs[0], cs[1], cs[2], cs[3])
+    p, g, b = p[lo:hi], g[lo:hi], b[lo:hi]  # views; indices from 0 (a range from lo did not vectorize)
     for i in range(p.size):
         if has_momentum:
             p[i], b[i] = _sgd_element(p[i], g[i], b[i], c, True, *flags)
@@ -149,8 +150,11 @@ def _sgd_loop(p: Any, g: Any, b: Any, cs: Any, has_momentum: bool, *flags: bool)
             p[i] = _sgd_element(p[i], g[i], p[i], c, False, *flags)[0]
 
 
-def _adam_loop(p: Any, g: Any, m: Any, v: Any, vmax: Any, cs: Any, amsgrad: bool, *flags: bool) -> None:
+def _adam_loop(
+    p: Any, g: Any, m: Any, v: Any, vmax: Any, cs: Any, lo: int, hi: int, amsgrad: bool, *flags: bool
+) -> None:
     c = (cs[0], cs[1], cs[2], cs[3], cs[4], cs[5], cs[6], cs[7], cs[8])
+    p, g, m, v, vmax = p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], vmax[lo:hi]  # as in _sgd_loop
     for i in range(p.size):
         if amsgrad:
             p[i], m[i], v[i], vmax[i] = _adam_element(p[i], g[i], m[i], v[i], vmax[i], c, True, *flags)
@@ -159,8 +163,8 @@ def _adam_loop(p: Any, g: Any, m: Any, v: Any, vmax: Any, cs: Any, amsgrad: bool
 
 
 # ---- threads: one split of a whole update ------------------------------------------------------------
-# A job is one array's update: (its 1-d arrays, the loop's other arguments).
-_Job = tuple[tuple[np.ndarray, ...], tuple[Any, ...]]
+# A job is one array's update: (its 1-d arrays, its scalars array, the loop's flags).
+_Job = tuple[tuple[np.ndarray, ...], np.ndarray, tuple[bool, ...]]
 _pool_lock = threading.Lock()
 _pool: dict[str, Any] = {"key": None, "executor": None}
 
@@ -185,19 +189,19 @@ def _executor(workers: int) -> ThreadPoolExecutor:
 def _run(loop: Callable[..., None], jobs: list[_Job]) -> None:
     """Run `loop` on every job: on this thread below PARALLEL_MIN_SIZE elements in all, else with each
     array cut into one contiguous part per thread, thread t updating part t of every array."""
-    total = sum(arrays[0].size for arrays, _ in jobs)
+    total = sum(arrays[0].size for arrays, _, _ in jobs)
     parts = _threads() if total >= PARALLEL_MIN_SIZE else 1
     if parts == 1:
-        for arrays, args in jobs:
-            loop(*arrays, *args)
+        for arrays, cs, flags in jobs:
+            loop(*arrays, cs, 0, arrays[0].size, *flags)
         return
 
     def part(t: int) -> None:
-        for arrays, args in jobs:
+        for arrays, cs, flags in jobs:
             n = arrays[0].size
             lo, hi = n * t // parts, n * (t + 1) // parts
-            if hi > lo:
-                loop(*(a[lo:hi] for a in arrays), *args)
+            if hi > lo:  # the range, not slices: no view objects made per part (Python time per tensor)
+                loop(*arrays, cs, lo, hi, *flags)
 
     futures = [_executor(parts - 1).submit(part, t) for t in range(1, parts)]
     part(0)
@@ -295,27 +299,32 @@ def sgd_steps(
     nesterov: bool,
     weight_decay: float,
     maximize: bool,
+    checked: bool = False,
 ) -> None:
     """`sgd_step` on each (param, grad, momentum_buffer, first_step) of one parameter group, as one
-    update: every array is checked before any is written, and the threads split the group at once."""
+    update: every array is checked before any is written, and the threads split the group at once.
+    checked=True skips the array checks: for updates each just accepted by `supports` (as
+    `entrenar.kernels.sgd_steps` does), which makes the same ones."""
     _require_available()
     _run(_sgd_loop, _sgd_jobs(updates, lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
-                              weight_decay=weight_decay, maximize=maximize))  # fmt: skip
+                              weight_decay=weight_decay, maximize=maximize, checked=checked))  # fmt: skip
 
 
 def _sgd_jobs(
     updates: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None, bool]], *, lr: float, momentum: float,
-    dampening: float, nesterov: bool, weight_decay: float, maximize: bool,
+    dampening: float, nesterov: bool, weight_decay: float, maximize: bool, checked: bool = False,
 ) -> list[_Job]:  # fmt: skip
     jobs: list[_Job] = []
     has_momentum = momentum != 0
     for param, grad, momentum_buffer, first_step in updates:
-        _check_param(param)
-        _check("grad", grad, param, written=False)
+        if not checked:
+            _check_param(param)
+            _check("grad", grad, param, written=False)
         if has_momentum:
             if momentum_buffer is None:
                 raise ValueError("sgd_step: momentum != 0 needs a momentum_buffer shaped like the parameter")
-            _check("momentum_buffer", momentum_buffer, param, written=True)
+            if not checked:
+                _check("momentum_buffer", momentum_buffer, param, written=True)
         if param.size == 0:
             continue
         # The scalars as the reference forms them in Python floats, rounded to the dtype once (as NumPy
@@ -324,8 +333,8 @@ def _sgd_jobs(
         b = param if momentum_buffer is None or not has_momentum else momentum_buffer  # param: a stand-in
         # reshape(-1) of a C-contiguous array (0-d included) is a view: the loop writes the caller's memory
         arrays: tuple[np.ndarray, ...] = (param.reshape(-1), grad.reshape(-1), b.reshape(-1))
-        jobs.append((arrays, (cs, has_momentum, bool(first_step), bool(nesterov), bool(maximize),
-                              weight_decay != 0)))  # fmt: skip
+        jobs.append((arrays, cs, (has_momentum, bool(first_step), bool(nesterov), bool(maximize),
+                                  weight_decay != 0)))  # fmt: skip
     return jobs
 
 
@@ -378,19 +387,21 @@ def adam_steps(
     decoupled: bool,
     amsgrad: bool,
     maximize: bool,
+    checked: bool = False,
 ) -> None:
     """`adam_step` on each (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step) of one parameter
     group, as one update: every array is checked before any is written, and the threads split the
-    group at once."""
+    group at once. checked=True skips the array checks: for updates each just accepted by `supports`
+    (as `entrenar.kernels.adam_steps` does), which makes the same ones."""
     _require_available()
     _run(_adam_loop, _adam_jobs(updates, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
-                                decoupled=decoupled, amsgrad=amsgrad, maximize=maximize))
+                                decoupled=decoupled, amsgrad=amsgrad, maximize=maximize, checked=checked))
 
 
 def _adam_jobs(
     updates: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, int]], *,
     lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, decoupled: bool, amsgrad: bool,
-    maximize: bool,
+    maximize: bool, checked: bool = False,
 ) -> list[_Job]:  # fmt: skip
     jobs: list[_Job] = []
     w = 1 - beta1
@@ -398,16 +409,18 @@ def _adam_jobs(
     flags = (bool(amsgrad), bool(maximize), use_wd and bool(decoupled), use_wd and not decoupled,
              abs(w) < 0.5)  # fmt: skip
     for param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step in updates:
-        _check_param(param)
-        _check("grad", grad, param, written=False)
-        _check("exp_avg", exp_avg, param, written=True)
-        _check("exp_avg_sq", exp_avg_sq, param, written=True)
+        if not checked:
+            _check_param(param)
+            _check("grad", grad, param, written=False)
+            _check("exp_avg", exp_avg, param, written=True)
+            _check("exp_avg_sq", exp_avg_sq, param, written=True)
         if step < 1:
             raise ValueError(f"adam_step: step must be the 1-based count of this step, got {step}")
         if amsgrad:
             if max_exp_avg_sq is None:
                 raise ValueError("adam_step: amsgrad needs a max_exp_avg_sq array shaped like the parameter")
-            _check("max_exp_avg_sq", max_exp_avg_sq, param, written=True)
+            if not checked:
+                _check("max_exp_avg_sq", max_exp_avg_sq, param, written=True)
         if param.size == 0:
             continue
         bias_correction1 = 1 - beta1**step
@@ -418,5 +431,5 @@ def _adam_jobs(
         vmax = exp_avg_sq if max_exp_avg_sq is None or not amsgrad else max_exp_avg_sq  # v: a stand-in
         arrays: tuple[np.ndarray, ...] = (param.reshape(-1), grad.reshape(-1), exp_avg.reshape(-1),
                                           exp_avg_sq.reshape(-1), vmax.reshape(-1))  # fmt: skip
-        jobs.append((arrays, (cs, *flags)))
+        jobs.append((arrays, cs, flags))
     return jobs
